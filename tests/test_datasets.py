@@ -63,3 +63,11 @@ def test_lookup_by_class_count_and_aliases():
 def test_unknown_dataset_is_a_user_error():
     with pytest.raises(UserError, match="unknown dataset"):
         get_dataset("pascal-voc")
+def test_synthetic_preset_matches_generator_classes():
+    from lrformer_deploy import synthetic
+
+    preset = get_dataset("synthetic")
+    assert preset.class_names == synthetic.CLASS_NAMES
+    assert preset.num_classes == len(synthetic.CLASS_NAMES)
+
+
