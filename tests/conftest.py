@@ -1,0 +1,108 @@
+"""Shared pytest fixtures: the real sample video, and tiny ONNX models with manifests in the contract format."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_VIDEO = REPO.parent / "shared" / "data" / "car-detection.mp4"
+
+# The tiny models classify each pixel by its dominant colour: class 0 red, 1 green, 2 blue.
+TINY_CLASS_NAMES = ["red", "green", "blue"]
+TINY_PALETTE = [[255, 0, 0], [0, 255, 0], [0, 0, 255]]
+IMAGENET_MEAN = [123.675, 116.28, 103.53]
+IMAGENET_STD = [58.395, 57.12, 57.375]
+
+
+@pytest.fixture(scope="session")
+def shared_video() -> Path:
+    """The real traffic clip (768x432, 12.5 fps, 377 frames; CC BY 4.0, Intel IoT DevKit sample videos)."""
+    if not SHARED_VIDEO.is_file():
+        pytest.skip(f"sample video not present: {SHARED_VIDEO}")
+    return SHARED_VIDEO
+
+
+def build_tiny_model(
+    folder: Path,
+    name: str = "tiny",
+    head: str = "mask",
+    size: tuple[int, int] = (64, 64),
+    batch: int = 1,
+    num_classes: int = 3,
+    manifest: bool = True,
+) -> Path:
+    """Write NAME.onnx (+ NAME.json) following the exporter's I/O contract and return the .onnx path.
+
+    head="mask":   image -> 1x1 Conv to classes -> ArgMax -> Cast int32 -> "mask" [N, H, W]
+    head="logits": image -> AveragePool 8x8/8 -> 1x1 Conv -> "logits" [N, C, H/8, W/8]
+    The conv is the identity on the three colour channels (extra classes get a large negative bias), so
+    a pixel's class is its dominant normalised colour channel.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    assert num_classes >= 3
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    H, W = size
+    weight = np.zeros((num_classes, 3, 1, 1), dtype=np.float32)
+    for c in range(3):
+        weight[c, c, 0, 0] = 1.0
+    bias = np.zeros(num_classes, dtype=np.float32)
+    bias[3:] = -100.0
+    inits = [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b")]
+    image = helper.make_tensor_value_info("image", TensorProto.FLOAT, [batch, 3, H, W])
+    if head == "mask":
+        nodes = [
+            helper.make_node("Conv", ["image", "w", "b"], ["scores"]),
+            helper.make_node("ArgMax", ["scores"], ["ids"], axis=1, keepdims=0),
+            helper.make_node("Cast", ["ids"], ["mask"], to=TensorProto.INT32),
+        ]
+        output = helper.make_tensor_value_info("mask", TensorProto.INT32, [batch, H, W])
+        out_shape, out_dtype, stride = [batch, H, W], "int32", 1
+    elif head == "logits":
+        nodes = [
+            helper.make_node("AveragePool", ["image"], ["pooled"], kernel_shape=[8, 8], strides=[8, 8]),
+            helper.make_node("Conv", ["pooled", "w", "b"], ["logits"]),
+        ]
+        output = helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, num_classes, H // 8, W // 8])
+        out_shape, out_dtype, stride = [batch, num_classes, H // 8, W // 8], "float32", 8
+    else:
+        raise ValueError(head)
+    graph = helper.make_graph(nodes, name, [image], [output], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="tests")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx_path = folder / f"{name}.onnx"
+    onnx.save(model, str(onnx_path))
+    if manifest:
+        names = TINY_CLASS_NAMES + [f"extra{i}" for i in range(3, num_classes)]
+        palette = TINY_PALETTE + [[(37 * i) % 256, (91 * i) % 256, (53 * i) % 256] for i in range(3, num_classes)]
+        data = {
+            "format": "lrformer-deploy-manifest", "schema_version": 1, "name": name,
+            "model": {"variant": "tiny-test", "num_classes": num_classes, "dataset": "test-colours",
+                      "class_names": names, "palette": palette},
+            "input": {"name": "image", "shape": [batch, 3, H, W], "layout": "NCHW", "dtype": "float32",
+                      "color_order": "RGB", "mean": IMAGENET_MEAN, "std": IMAGENET_STD,
+                      "scale": "0..255 before mean/std"},
+            "output": {"name": head, "kind": head, "shape": out_shape, "dtype": out_dtype, "stride": stride,
+                       "meaning": "test model: dominant colour channel"},
+            "precision": "fp32", "opset": 17,
+            "artifacts": {"onnx": {"file": onnx_path.name, "sha256": ""}},
+            "created": "2025-01-01T00:00:00Z",
+        }
+        (folder / f"{name}.json").write_text(json.dumps(data, indent=2))
+    return onnx_path
+
+
+@pytest.fixture
+def tiny_model(tmp_path_factory):
+    """Factory: tiny_model(head="mask"|"logits", size=(H, W), batch=1, num_classes=3, manifest=True) -> .onnx path."""
+    def make(**kwargs) -> Path:
+        folder = tmp_path_factory.mktemp("tiny-model")
+        return build_tiny_model(folder, **kwargs)
+
+    return make
