@@ -1,0 +1,26 @@
+"""Reduced-precision graphs, decided in ONNX and checked on the CPU with ONNX Runtime.
+
+- convert_fp16: mixed FP16/FP32 graph, sensitive ops kept FP32 by policy and by measured ranges.
+- quantize_int8: explicit Q/DQ INT8 graph (TensorRT's symmetric, per-channel weight scheme), with a
+  calibration cache next to the artifact.
+- accuracy_report: logits relative error and mask agreement vs the FP32 graph; raises below threshold.
+- load_calibration_frames: frames from an image folder or a video, preprocessed like inference.
+
+No torch anywhere here; onnx and onnxruntime are imported inside the functions.
+"""
+from .accuracy import DEFAULT_MIN_AGREEMENT, AccuracyBelowThreshold, accuracy_report
+from .calibration import load_calibration_frames
+from .fp16 import POLICY_FP32_OPS, convert_fp16
+from .int8 import METHODS as CALIBRATION_METHODS
+from .int8 import quantize_int8
+
+__all__ = [
+    "AccuracyBelowThreshold",
+    "CALIBRATION_METHODS",
+    "DEFAULT_MIN_AGREEMENT",
+    "POLICY_FP32_OPS",
+    "accuracy_report",
+    "convert_fp16",
+    "load_calibration_frames",
+    "quantize_int8",
+]

@@ -1,0 +1,159 @@
+"""Calibration inputs for the reduced-precision graphs: frames from an image folder or a video file.
+
+Frames go through the same preprocessing as inference (stretch-resize to the graph's input size,
+BGR -> RGB, (x - mean) / std, HWC -> CHW float32), so the ranges measured here are the ranges the
+deployed graph sees. No torch: numpy, cv2 and the standard library only.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ..errors import UserError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
+
+# The official evaluation's normalisation (RGB, 0..255 scale); callers pass the manifest's values.
+DEFAULT_MEAN = (123.675, 116.28, 103.53)
+DEFAULT_STD = (58.395, 57.12, 57.375)
+
+
+def _preprocess(bgr: np.ndarray, size: tuple[int, int], mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """One BGR uint8 HxWx3 frame -> float32 3xHxW, normalised RGB at `size` = (H, W).
+
+    Private stand-in for lrformer_deploy.runtime.preprocess (used instead when it is importable);
+    the two must stay identical: stretch resize with INTER_LINEAR, BGR->RGB, (x-mean)/std, CHW.
+    """
+    import cv2
+
+    h, w = size
+    resized = cv2.resize(bgr, (int(w), int(h)), interpolation=cv2.INTER_LINEAR)
+    rgb = cv2.cvtColor(resized, cv2.COLOR_BGR2RGB).astype(np.float32)
+    rgb = (rgb - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return np.ascontiguousarray(rgb.transpose(2, 0, 1))
+
+
+def _preprocess_fn():
+    """The runtime's shared preprocessing (one code path for calibration and inference); the private
+    fallback only when the runtime package cannot be imported."""
+    try:
+        from ..runtime.preprocess import Preprocessor  # noqa: PLC0415
+    except ImportError:
+        return _preprocess
+
+    def prep(bgr, size, mean, std):
+        return Preprocessor(tuple(size), tuple(mean), tuple(std), "RGB", "stretch")(bgr)[0]
+
+    return prep
+
+
+def list_calibration_files(path: str | os.PathLike) -> tuple[str, list[Path]]:
+    """Classify a calibration source: ("video", [file]) or ("images", sorted image files)."""
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"calibration source {p} does not exist (give a folder of images or a video file).")
+    if p.is_file():
+        if p.suffix.lower() in VIDEO_SUFFIXES:
+            return "video", [p]
+        if p.suffix.lower() in IMAGE_SUFFIXES:
+            return "images", [p]
+        raise UserError(f"calibration source {p} is neither an image nor a video file ({p.suffix or 'no suffix'}).")
+    files = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise UserError(f"calibration folder {p} contains no images ({', '.join(IMAGE_SUFFIXES)}).")
+    return "images", files
+
+
+def even_indices(total: int, count: int) -> list[int]:
+    """`count` indices spread evenly over range(total), first and last included (fewer if total < count)."""
+    if total <= 0:
+        return []
+    if count >= total:
+        return list(range(total))
+    if count == 1:
+        return [total // 2]
+    return sorted({round(i * (total - 1) / (count - 1)) for i in range(count)})
+
+
+def _read_video_frames(path: Path, count: int) -> list[np.ndarray]:
+    import cv2
+
+    cap = cv2.VideoCapture(str(path))
+    if not cap.isOpened():
+        raise UserError(f"cannot open video {path} with OpenCV.")
+    try:
+        total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+        if total <= 0:  # some containers do not report a count: decode everything once
+            frames_all = []
+            while True:
+                ok, frame = cap.read()
+                if not ok:
+                    break
+                frames_all.append(frame)
+            return [frames_all[i] for i in even_indices(len(frames_all), count)]
+        wanted = set(even_indices(total, count))
+        frames = []
+        # Sequential grab() is exact and cheap; seeking in compressed video is not frame-accurate.
+        for index in range(max(wanted) + 1):
+            if not cap.grab():
+                break
+            if index in wanted:
+                ok, frame = cap.retrieve()
+                if ok:
+                    frames.append(frame)
+        return frames
+    finally:
+        cap.release()
+
+
+def read_calibration_images(path: str | os.PathLike, count: int) -> list[np.ndarray]:
+    """Up to `count` BGR uint8 frames sampled evenly from an image folder or a video file."""
+    import cv2
+
+    if count < 1:
+        raise UserError(f"calibration count must be at least 1, got {count}.")
+    kind, files = list_calibration_files(path)
+    if kind == "video":
+        frames = _read_video_frames(files[0], count)
+    else:
+        frames = []
+        for i in even_indices(len(files), count):
+            img = cv2.imread(str(files[i]), cv2.IMREAD_COLOR)
+            if img is None:
+                raise UserError(f"cannot read calibration image {files[i]}.")
+            frames.append(img)
+    if not frames:
+        raise UserError(f"no frames could be read from calibration source {path}.")
+    return frames
+
+
+def load_calibration_frames(
+    path: str | os.PathLike,
+    count: int,
+    size: tuple[int, int],
+    mean: Sequence[float] = DEFAULT_MEAN,
+    std: Sequence[float] = DEFAULT_STD,
+) -> np.ndarray:
+    """Calibration inputs as an N x 3 x H x W float32 array (N <= count), `size` = (H, W) of the graph."""
+    prep = _preprocess_fn()
+    frames = read_calibration_images(path, count)
+    return np.stack([prep(f, tuple(size), mean, std) for f in frames]).astype(np.float32, copy=False)
+
+
+def source_fingerprint(source: str | os.PathLike | np.ndarray) -> dict:
+    """What identifies a calibration source cheaply: file names, sizes and mtimes (no decoding),
+    or the content hash of an in-memory array."""
+    if isinstance(source, np.ndarray):
+        digest = hashlib.sha256(np.ascontiguousarray(source).tobytes()).hexdigest()
+        return {"kind": "array", "shape": list(source.shape), "dtype": str(source.dtype), "sha256": digest}
+    kind, files = list_calibration_files(source)
+    entries = []
+    for f in files:
+        st = f.stat()
+        entries.append([f.name, st.st_size, st.st_mtime_ns])
+    return {"kind": kind, "path": str(Path(source).resolve()), "files": entries}

@@ -1,0 +1,510 @@
+"""FP16 graph: a mixed-precision ONNX derived from the FP32 export, decided by measurement.
+
+TensorRT 11 has no FP16 builder flag: a strongly typed network runs each layer in the type the ONNX
+graph gives it. So this pass writes the precision into the graph:
+
+1. run the FP32 graph in ONNX Runtime (CPU) on calibration inputs with every float intermediate
+   exposed as an output, and record per tensor the max |x| and the relative error an FP16 round trip
+   would cause (||x - fp16(x)|| / ||x||; large when much of the tensor sits below FP16's normal range);
+2. keep in FP32: the numerically sensitive op types (policy list below), the final upsampling and the
+   class decision, ops with no float16 variant, and every op that produces or consumes a tensor (or a
+   weight) the measurement flags (|x| > overflow threshold, or FP16 rounding error above threshold);
+3. everything else runs in FP16: weights converted to float16, Cast nodes inserted where an FP16 and
+   an FP32 region meet, graph input "image" and the outputs keep their FP32/INT32 types.
+
+The returned dict (decisions, reasons, measured ranges) is stored in the manifest's precision_details.
+"""
+from __future__ import annotations
+
+import collections
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import numpy as np
+
+from ..errors import UserError
+
+FP16_MAX = 65504.0
+FP16_MIN_NORMAL = 6.103515625e-05
+
+# Op types kept in FP32 regardless of measurements, with the reason recorded in the manifest.
+POLICY_FP32_OPS: dict[str, str] = {
+    "LayerNormalization": "normalisation: mean/variance reductions overflow or lose precision in FP16",
+    "GroupNormalization": "normalisation: mean/variance reductions overflow or lose precision in FP16",
+    "InstanceNormalization": "normalisation: mean/variance reductions overflow or lose precision in FP16",
+    "Softmax": "attention softmax: exp and sum reduction are range-sensitive in FP16",
+    "LogSoftmax": "exp and sum reduction are range-sensitive in FP16",
+    "ReduceMean": "reduction: sums over many elements lose precision / overflow in FP16",
+    "ReduceSum": "reduction: sums over many elements lose precision / overflow in FP16",
+    "ReduceSumSquare": "reduction: sums of squares overflow in FP16",
+    "ReduceL2": "reduction: sums of squares overflow in FP16",
+    "ReduceLogSumExp": "reduction with exp: range-sensitive in FP16",
+    "ReduceMax": "reduction around attention/normalisation, kept with its neighbours",
+    "ReduceMin": "reduction around attention/normalisation, kept with its neighbours",
+    "ReduceProd": "reduction: products overflow in FP16",
+    "Pow": "power (decomposed normalisation): squares overflow in FP16",
+    "Sqrt": "square root of a variance (decomposed normalisation)",
+    "Reciprocal": "reciprocal of a small value overflows in FP16",
+    "Exp": "exp overflows FP16 for inputs above ~11",
+    "Log": "log of tiny values underflows in FP16",
+    "ArgMax": "final class decision: ties between close logits must be resolved in FP32",
+    "ArgMin": "final class decision",
+    "TopK": "ranking: ties between close values",
+}
+HEAD_RESIZE_REASON = "final upsampling of the logits feeding the class decision / graph output"
+
+OVERFLOW_THRESHOLD = 60000.0  # a little margin below FP16's largest finite value 65504
+# An FP16 round trip of values in the normal range costs ~3e-4 relative (norm-wise); a tensor above
+# 1e-3 has much of its mass in FP16's subnormal range (e.g. layer-scale products of ~1e-6).
+ROUNDING_THRESHOLD = 1e-3
+
+
+@dataclass
+class TensorStats:
+    max_abs: float = 0.0
+    sq_sum: float = 0.0
+    sq_err: float = 0.0
+    nonfinite: bool = False
+
+    def update(self, x: np.ndarray) -> None:
+        x = np.asarray(x, dtype=np.float32)
+        if x.size == 0:
+            return
+        if not np.all(np.isfinite(x)):
+            self.nonfinite = True
+            x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+        self.max_abs = max(self.max_abs, float(np.max(np.abs(x))))
+        with np.errstate(over="ignore"):
+            rt = x.astype(np.float16).astype(np.float32)
+        rt = np.where(np.isfinite(rt), rt, 0.0)  # overflow is reported through max_abs, not here
+        x64 = x.astype(np.float64)
+        self.sq_sum += float(np.sum(x64 * x64))
+        d = x64 - rt.astype(np.float64)
+        self.sq_err += float(np.sum(d * d))
+
+    @property
+    def rel_err(self) -> float:
+        return float(np.sqrt(self.sq_err / self.sq_sum)) if self.sq_sum > 0 else 0.0
+
+    def as_dict(self) -> dict:
+        return {"max_abs": _r(self.max_abs), "fp16_rel_err": _r(self.rel_err)}
+
+
+def _r(v: float) -> float:
+    return float(f"{v:.4g}")
+
+
+def _load(path):
+    import onnx
+
+    model = onnx.load(str(path))
+    return onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+
+
+def _elem_types(model) -> dict[str, int]:
+    g = model.graph
+    types = {}
+    for vi in list(g.input) + list(g.value_info) + list(g.output):
+        if vi.type.HasField("tensor_type"):
+            types[vi.name] = vi.type.tensor_type.elem_type
+    for init in g.initializer:
+        types[init.name] = init.data_type
+    for node in g.node:
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+            for a in node.attribute:
+                if a.name == "value":
+                    types[node.output[0]] = a.t.data_type
+    return types
+
+
+def measure_tensor_stats(model_or_path, inputs: Iterable[np.ndarray] | np.ndarray) -> dict[str, TensorStats]:
+    """Run the FP32 graph on each input (ORT CPU) with every float tensor exposed; stats per tensor.
+
+    `inputs`: N x C x H x W array (or iterable of batches) fed as the graph's single input, one
+    graph batch at a time. Initializers (weights) are measured too.
+    """
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, numpy_helper
+
+    model = _load(model_or_path) if not hasattr(model_or_path, "graph") else model_or_path
+    g = model.graph
+    types = _elem_types(model)
+    init_names = {i.name for i in g.initializer}
+    existing = {o.name for o in g.output}
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    measured = []
+    for node in g.node:
+        for out in node.output:
+            if out and types.get(out) == TensorProto.FLOAT and out not in init_names:
+                measured.append(out)
+                if out not in existing:
+                    probe.graph.output.append(onnx.helper.make_tensor_value_info(out, TensorProto.FLOAT, None))
+    stats: dict[str, TensorStats] = collections.defaultdict(TensorStats)
+    for init in g.initializer:
+        if init.data_type == TensorProto.FLOAT:
+            stats[init.name].update(numpy_helper.to_array(init))
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    in_meta = sess.get_inputs()[0]
+    names = [o.name for o in sess.get_outputs()]
+    for batch in _batches(inputs, in_meta.shape):
+        for name, value in zip(names, sess.run(names, {in_meta.name: batch})):
+            if name in measured or (name in types and types[name] == TensorProto.FLOAT):
+                if isinstance(value, np.ndarray) and value.dtype == np.float32:
+                    stats[name].update(value)
+    return dict(stats)
+
+
+def _batches(inputs, shape) -> Iterable[np.ndarray]:
+    """Split N x ... inputs into the graph's static batch size (1 when the batch dim is symbolic)."""
+    batch = shape[0] if shape and isinstance(shape[0], int) and shape[0] > 0 else 1
+    if isinstance(inputs, np.ndarray):
+        arr = inputs.astype(np.float32, copy=False)
+        if arr.ndim == len(shape) - 1:
+            arr = arr[None]
+        for i in range(0, len(arr) - batch + 1, batch):
+            yield arr[i:i + batch]
+    else:
+        for item in inputs:
+            yield from _batches(np.asarray(item), shape)
+
+
+@dataclass
+class _Plan:
+    half: bool
+    half_inputs: set[int] = field(default_factory=set)
+    half_outputs: set[int] = field(default_factory=set)
+    reason: str = ""
+    category: str = ""
+
+
+def _formal_types(schema, n_inputs: int, n_outputs: int) -> tuple[list[str], list[str]]:
+    from onnx.defs import OpSchema
+
+    def expand(params, n):
+        out = []
+        for i in range(n):
+            p = params[min(i, len(params) - 1)]
+            if i >= len(params) and p.option != OpSchema.FormalParameterOption.Variadic:
+                out.append("")
+            else:
+                out.append(p.type_str)
+        return out
+
+    return expand(schema.inputs, n_inputs), expand(schema.outputs, n_outputs)
+
+
+def _head_resizes(model) -> set[str]:
+    """Resize nodes whose result reaches ArgMax or a graph output through Cast/Identity only."""
+    g = model.graph
+    producer = {o: n for n in g.node for o in n.output}
+    targets = [n.input[0] for n in g.node if n.op_type in ("ArgMax", "ArgMin") and n.input]
+    targets += [o.name for o in g.output]
+    found = set()
+    for t in targets:
+        node = producer.get(t)
+        while node is not None and node.op_type in ("Cast", "Identity"):
+            node = producer.get(node.input[0])
+        if node is not None and node.op_type == "Resize":
+            found.add(node.name)
+    return found
+
+
+def plan_precision(
+    model,
+    stats: Mapping[str, TensorStats],
+    overflow_threshold: float = OVERFLOW_THRESHOLD,
+    rounding_threshold: float = ROUNDING_THRESHOLD,
+    keep_fp32_ops: Mapping[str, str] | None = None,
+    keep_fp32_nodes: Iterable[str] = (),
+) -> dict[str, _Plan]:
+    """Decide per node: FP16 (with which inputs/outputs turn float16) or FP32 (with a reason)."""
+    import onnx.defs
+    from onnx import TensorProto
+
+    policy = dict(POLICY_FP32_OPS if keep_fp32_ops is None else keep_fp32_ops)
+    forced = set(keep_fp32_nodes)
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
+    types = _elem_types(model)
+    heads = _head_resizes(model)
+    FLOAT = TensorProto.FLOAT
+
+    def flagged(name: str) -> str:
+        s = stats.get(name)
+        if s is None:
+            return ""
+        if s.nonfinite:
+            return f"measured: tensor '{name}' has inf/nan in FP32"
+        if s.max_abs > overflow_threshold:
+            return f"measured: tensor '{name}' reaches |x| = {_r(s.max_abs)} > {overflow_threshold:g} (FP16 overflow)"
+        if s.rel_err > rounding_threshold:
+            return (f"measured: tensor '{name}' loses {_r(s.rel_err)} relative to FP16 rounding "
+                    f"(> {rounding_threshold:g}; values below FP16's normal range, max |x| = {_r(s.max_abs)})")
+        return ""
+
+    plans: dict[str, _Plan] = {}
+    for node in model.graph.node:
+        float_in = [i for i, t in enumerate(node.input) if t and types.get(t) == FLOAT]
+        float_out = [i for i, t in enumerate(node.output) if t and types.get(t) == FLOAT]
+        if not float_in and not float_out:
+            plans[node.name] = _Plan(False, category="neutral", reason="no float tensors")
+            continue
+        if node.op_type in ("Cast", "CastLike"):
+            plans[node.name] = _Plan(False, category="boundary", reason="existing Cast keeps its target type")
+            continue
+        if node.op_type == "Constant":
+            plans[node.name] = _Plan(False, category="constant", reason="constant (converted if all consumers are FP16)")
+            continue
+        if node.name in forced:
+            plans[node.name] = _Plan(False, category="requested", reason="kept in FP32 on request")
+            continue
+        if node.op_type in policy and node.domain in ("", "ai.onnx"):
+            plans[node.name] = _Plan(False, category="policy", reason=f"policy: {policy[node.op_type]}")
+            continue
+        if node.name in heads:
+            plans[node.name] = _Plan(False, category="head", reason=f"policy: {HEAD_RESIZE_REASON}")
+            continue
+        if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
+            plans[node.name] = _Plan(False, category="unsupported", reason="control flow: subgraphs stay as exported")
+            continue
+        try:
+            schema = onnx.defs.get_schema(node.op_type, opset, node.domain or "")
+        except Exception:  # unknown or custom op
+            plans[node.name] = _Plan(False, category="unsupported", reason=f"no ONNX schema for {node.domain}:{node.op_type}")
+            continue
+        fin, fout = _formal_types(schema, len(node.input), len(node.output))
+        main = fout[0] if fout else ""
+        allowed = {tc.type_param_str: set(tc.allowed_type_strs) for tc in schema.type_constraints}
+        if main not in allowed or "tensor(float16)" not in allowed[main]:
+            plans[node.name] = _Plan(False, category="unsupported", reason=f"{node.op_type} has no float16 variant")
+            continue
+        if node.op_type == "BatchNormalization":  # scale/bias/mean/var follow X in practice (TensorRT folds them)
+            half_in = set(float_in)
+        else:
+            half_in = {i for i in float_in if fin[i] == main}
+        half_out = {i for i in float_out if fout[i] == main}
+        if any(t and types.get(t) is None for t in node.output):
+            plans[node.name] = _Plan(False, category="unsupported", reason="output dtype unknown after shape inference")
+            continue
+        why = ""
+        for t in [node.input[i] for i in sorted(half_in)] + [node.output[i] for i in sorted(half_out)]:
+            why = flagged(t)
+            if why:
+                break
+        if why:
+            plans[node.name] = _Plan(False, category="measured", reason=why)
+            continue
+        plans[node.name] = _Plan(True, half_in, half_out, reason="fp16", category="fp16")
+    return plans
+
+
+def _name_nodes(model) -> None:
+    seen = set()
+    for i, node in enumerate(model.graph.node):
+        if not node.name or node.name in seen:
+            node.name = f"{node.op_type}_{i}"
+        seen.add(node.name)
+
+
+def apply_precision(model, plans: Mapping[str, _Plan]) -> tuple[object, int]:
+    """Rewrite `model` (in place) per the plans: float16 weights, Casts at region boundaries."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    FLOAT, HALF = TensorProto.FLOAT, TensorProto.FLOAT16
+    g = model.graph
+    types = _elem_types(model)
+    inits = {i.name: i for i in g.initializer}
+    graph_inputs = {i.name for i in g.input}
+
+    # Final dtype of every tensor produced by a converted node.
+    new_type = dict(types)
+    for node in g.node:
+        p = plans[node.name]
+        if p.half:
+            for i in p.half_outputs:
+                new_type[node.output[i]] = HALF
+
+    # What each consumer wants for each float tensor it reads.
+    wants: dict[str, set[int]] = collections.defaultdict(set)
+    for node in g.node:
+        p = plans[node.name]
+        for i, t in enumerate(node.input):
+            if t and types.get(t) == FLOAT:
+                wants[t].add(HALF if (p.half and i in p.half_inputs) else FLOAT)
+    for o in g.output:
+        wants[o.name].add(types.get(o.name, FLOAT))
+
+    # Constants and initializers read only by FP16 consumers are stored as float16 outright.
+    for node in g.node:
+        if node.op_type == "Constant" and types.get(node.output[0]) == FLOAT and wants.get(node.output[0]) == {HALF}:
+            for a in node.attribute:
+                if a.name == "value":
+                    arr = numpy_helper.to_array(a.t).astype(np.float16)
+                    a.t.CopyFrom(numpy_helper.from_array(arr, a.t.name))
+            new_type[node.output[0]] = HALF
+    for name, init in inits.items():
+        if init.data_type == FLOAT and name not in graph_inputs and wants.get(name) == {HALF}:
+            arr = numpy_helper.to_array(init).astype(np.float16)
+            init.CopyFrom(numpy_helper.from_array(arr, name))
+            new_type[name] = HALF
+
+    # Graph outputs produced in FP16: the producer writes NAME__fp16, a Cast restores NAME in FP32.
+    renamed = {}
+    for o in g.output:
+        if new_type.get(o.name) == HALF and types.get(o.name) == FLOAT:
+            renamed[o.name] = f"{o.name}__fp16"
+    for node in g.node:
+        for i, t in enumerate(node.output):
+            if t in renamed:
+                node.output[i] = renamed[t]
+        for i, t in enumerate(node.input):
+            if t in renamed:
+                node.input[i] = renamed[t]
+    for old, new in renamed.items():
+        new_type[new] = HALF
+        new_type[old] = FLOAT
+
+    renamed_to = set(renamed.values())
+    cache: dict[tuple[str, int], str] = {}
+    new_nodes = []
+    extra_inits = []
+    casts = 0
+
+    def convert(name: str, want: int) -> str:
+        nonlocal casts
+        have = new_type.get(name)
+        if have == want or have not in (FLOAT, HALF):
+            return name
+        key = (name, want)
+        if key in cache:
+            return cache[key]
+        suffix = "__fp16" if want == HALF else "__fp32"
+        if name in inits and name not in graph_inputs:  # weight shared by both regions: a typed copy
+            arr = numpy_helper.to_array(inits[name]).astype(np.float16 if want == HALF else np.float32)
+            extra_inits.append(numpy_helper.from_array(arr, name + suffix))
+        else:
+            new_nodes.append(helper.make_node("Cast", [name], [name + suffix], name=f"cast{suffix}/{name}", to=want))
+            casts += 1
+        cache[key] = name + suffix
+        new_type[name + suffix] = want
+        return name + suffix
+
+    for node in g.node:
+        p = plans[node.name]
+        for i, t in enumerate(node.input):
+            if not t or (types.get(t) != FLOAT and t not in renamed_to):
+                continue  # only tensors that were float32 in the FP32 graph change type
+            want = HALF if (p.half and i in p.half_inputs) else FLOAT
+            node.input[i] = convert(t, want)
+        new_nodes.append(node)
+    for old, new in renamed.items():
+        new_nodes.append(helper.make_node("Cast", [new], [old], name=f"cast__fp32/{old}", to=FLOAT))
+        casts += 1
+
+    del g.node[:]
+    g.node.extend(new_nodes)
+    g.initializer.extend(extra_inits)
+    del g.value_info[:]  # stale dtypes; re-inferred below
+    model = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+    return model, casts
+
+
+def _graph_dtype_census(model, plans) -> tuple[dict, dict]:
+    half, full = collections.Counter(), collections.Counter()
+    for node in model.graph.node:
+        p = plans.get(node.name)
+        if p is None or p.category in ("neutral", "boundary", "constant"):
+            continue
+        (half if p.half else full)[node.op_type] += 1
+    return dict(half), dict(full)
+
+
+def convert_fp16(
+    fp32_onnx: str | Path,
+    out_onnx: str | Path,
+    calib_inputs: np.ndarray,
+    *,
+    overflow_threshold: float = OVERFLOW_THRESHOLD,
+    rounding_threshold: float = ROUNDING_THRESHOLD,
+    keep_fp32_ops: Mapping[str, str] | None = None,
+    keep_fp32_nodes: Iterable[str] = (),
+) -> dict:
+    """Write a mixed FP16/FP32 copy of `fp32_onnx` to `out_onnx`; return the decision record.
+
+    calib_inputs: N x 3 x H x W float32 (preprocessed frames, see load_calibration_frames).
+    keep_fp32_ops: op type -> reason, replaces POLICY_FP32_OPS; keep_fp32_nodes: node names to pin.
+    The result passes onnx.checker and is run once in ONNX Runtime (CPU) before this returns.
+    """
+    import onnx
+    import onnxruntime as ort
+
+    t0 = time.perf_counter()
+    fp32_onnx, out_onnx = Path(fp32_onnx), Path(out_onnx)
+    if not fp32_onnx.is_file():
+        raise UserError(f"FP32 ONNX {fp32_onnx} does not exist.")
+    calib_inputs = np.asarray(calib_inputs, dtype=np.float32)
+    if calib_inputs.ndim != 4 or len(calib_inputs) == 0:
+        raise UserError("FP16 conversion needs at least one calibration input (N x 3 x H x W).")
+    model = _load(fp32_onnx)
+    _name_nodes(model)
+    stats = measure_tensor_stats(model, calib_inputs)
+    plans = plan_precision(model, stats, overflow_threshold, rounding_threshold, keep_fp32_ops, keep_fp32_nodes)
+
+    # Record, before rewriting, which nodes stay FP32 and what was measured around them.
+    types = _elem_types(model)
+    init_names = {i.name for i in model.graph.initializer}
+    kept = []
+    for node in model.graph.node:
+        p = plans[node.name]
+        if p.half or p.category in ("neutral", "boundary", "constant"):
+            continue
+        outs = [stats[t].max_abs for t in node.output if t in stats]
+        ins = [stats[t].max_abs for t in node.input if t in stats and t not in init_names]
+        weights = [stats[t].max_abs for t in node.input if t in stats and t in init_names]
+        kept.append({
+            "node": node.name, "op": node.op_type, "category": p.category, "reason": p.reason,
+            "max_abs_in": _r(max(ins)) if ins else None, "max_abs_out": _r(max(outs)) if outs else None,
+            "max_abs_weights": _r(max(weights)) if weights else None,
+        })
+    flagged = {
+        name: s.as_dict() for name, s in stats.items()
+        if s.nonfinite or s.max_abs > overflow_threshold or s.rel_err > rounding_threshold
+    }
+    half_ops, full_ops = _graph_dtype_census(model, plans)
+
+    model, casts = apply_precision(model, plans)
+    out_onnx.parent.mkdir(parents=True, exist_ok=True)
+    model.producer_name = "lrformer-deploy"
+    onnx.save(model, str(out_onnx))
+    onnx.checker.check_model(str(out_onnx), full_check=True)
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(str(out_onnx), opts, providers=["CPUExecutionProvider"])
+    in_meta = sess.get_inputs()[0]
+    sess.run(None, {in_meta.name: next(iter(_batches(calib_inputs, in_meta.shape)))})
+
+    overall = max((s.max_abs for n, s in stats.items() if types.get(n) is not None), default=0.0)
+    return {
+        "precision": "fp16",
+        "method": "measured: FP32 graph run in ONNX Runtime (CPU) with all float intermediates exposed",
+        "calibration_inputs": int(len(calib_inputs)),
+        "thresholds": {"overflow_abs": overflow_threshold, "fp16_rounding_rel": rounding_threshold},
+        "policy_ops": sorted((keep_fp32_ops if keep_fp32_ops is not None else POLICY_FP32_OPS).keys()),
+        "nodes_fp16": int(sum(half_ops.values())),
+        "nodes_fp32": len(kept),
+        "fp16_op_counts": half_ops,
+        "fp32_op_counts": full_ops,
+        "kept_fp32": kept,
+        "flagged_tensors": flagged,
+        "max_abs_overall": _r(overall),
+        "casts_inserted": casts,
+        "onnx": out_onnx.name,
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
