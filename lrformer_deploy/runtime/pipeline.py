@@ -1,0 +1,332 @@
+"""The streaming pipeline: decode -> preprocess -> infer -> postprocess -> draw/encode, overlapped.
+
+Three worker threads joined by bounded queues, so memory stays flat however long the input:
+
+    reader   decode + preprocess, groups frames into model-sized batches
+    infer    runs the backend on each batch
+    writer   maps masks back to frames, draws the overlay, encodes/saves
+
+cv2, numpy and the backends release the GIL in their heavy parts, so the stages run in parallel.
+The main thread only waits, prints the progress line and shows frames (--show); Ctrl-C there stops the
+workers and the writer thread releases the video writer in a `finally`, leaving a playable partial file.
+"""
+from __future__ import annotations
+
+import queue
+import random
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+import numpy as np
+
+from lrformer_deploy.errors import UserError
+from lrformer_deploy.runtime.overlay import blend, draw_legend, palette_lut
+from lrformer_deploy.runtime.preprocess import Geometry
+from lrformer_deploy.runtime.sinks import Outputs
+from lrformer_deploy.runtime.sources import Frame, Source
+
+STAGES = ("decode", "preprocess", "infer", "postprocess", "encode")
+_END = object()
+
+
+@dataclass
+class PipelineOptions:
+    opacity: float = 0.5
+    legend: bool = False
+    show: bool = False
+    progress: bool = True
+    queue_size: int = 4  # batches in flight between two stages
+    progress_stream: TextIO | None = None  # default: sys.stderr
+
+
+class Stats:
+    """Per-stage busy time and per-frame latency (decode start -> written), with a bounded sample."""
+
+    def __init__(self, max_samples: int = 20000) -> None:
+        self.totals = dict.fromkeys(STAGES, 0.0)
+        self.latencies: list[float] = []
+        self.seen = 0
+        self.max_samples = max_samples
+        self._rng = random.Random(0)
+        self._lock = threading.Lock()
+
+    def add(self, stage: str, seconds: float) -> None:
+        with self._lock:
+            self.totals[stage] += seconds
+
+    def latency(self, seconds: float) -> None:
+        # Reservoir sampling keeps percentiles honest on endless streams without growing memory.
+        with self._lock:
+            self.seen += 1
+            if len(self.latencies) < self.max_samples:
+                self.latencies.append(seconds)
+            else:
+                j = self._rng.randrange(self.seen)
+                if j < self.max_samples:
+                    self.latencies[j] = seconds
+
+
+@dataclass
+class PipelineResult:
+    frames: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    interrupted: bool = False
+    wall_s: float = 0.0
+    stats: Stats = field(default_factory=Stats)
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.wall_s if self.wall_s > 0 else 0.0
+
+    def summary(self) -> dict[str, Any]:
+        n = max(self.frames, 1)
+        lat = np.asarray(self.stats.latencies, dtype=np.float64) * 1000.0
+        return {
+            "frames": self.frames,
+            "failed": [{"input": name, "error": err} for name, err in self.failed],
+            "interrupted": self.interrupted,
+            "wall_s": round(self.wall_s, 4),
+            "fps": round(self.fps, 3),
+            "stage_ms_per_frame": {k: round(v * 1000.0 / n, 3) for k, v in self.stats.totals.items()},
+            "stage_total_s": {k: round(v, 4) for k, v in self.stats.totals.items()},
+            "latency_ms": {
+                "p50": round(float(np.percentile(lat, 50)), 3) if lat.size else None,
+                "p95": round(float(np.percentile(lat, 95)), 3) if lat.size else None,
+                "mean": round(float(lat.mean()), 3) if lat.size else None,
+            },
+        }
+
+
+@dataclass
+class _Batch:
+    frames: list[Frame]
+    starts: list[float]  # perf_counter when each frame's decode began
+    tensor: np.ndarray | None = None
+    geos: list[Geometry] = field(default_factory=list)
+    output: np.ndarray | None = None
+
+
+class Progress:
+    """One plain-text line on stderr, rewritten with \\r: frames done, total, live FPS."""
+
+    def __init__(self, total: int | None, stream: TextIO, enabled: bool, interval: float = 0.25) -> None:
+        self.total, self.stream, self.enabled, self.interval = total, stream, enabled, interval
+        self.start = time.perf_counter()
+        self._last = 0.0
+        self._window: list[tuple[float, int]] = []
+        self._printed = False
+
+    def update(self, done: int, force: bool = False) -> None:
+        if not self.enabled:
+            return
+        now = time.perf_counter()
+        if not force and now - self._last < self.interval:
+            return
+        self._last = now
+        self._window.append((now, done))
+        while len(self._window) > 2 and now - self._window[0][0] > 2.0:
+            self._window.pop(0)  # live FPS over the last ~2 seconds
+        t0, d0 = self._window[0]
+        fps = (done - d0) / (now - t0) if now > t0 else 0.0
+        if self.total:
+            pct = 100.0 * done / self.total
+            eta = (self.total - done) / fps if fps > 0 else 0.0
+            line = f"\r{done}/{self.total} frames {pct:5.1f}%  {fps:6.1f} fps  eta {eta:5.0f}s"
+        else:
+            line = f"\r{done} frames  {fps:6.1f} fps"
+        self.stream.write(line)
+        self.stream.flush()
+        self._printed = True
+
+    def finish(self, done: int) -> None:
+        if self.enabled:
+            self.update(done, force=True)
+            if self._printed:
+                self.stream.write("\n")
+                self.stream.flush()
+
+
+def _put(q: queue.Queue, item: Any, stop: threading.Event) -> bool:
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def _get(q: queue.Queue, stop: threading.Event) -> Any:
+    while not stop.is_set():
+        try:
+            return q.get(timeout=0.1)
+        except queue.Empty:
+            continue
+    return _END
+
+
+def run_pipeline(segmenter: Any, source: Source, outputs: Outputs, options: PipelineOptions | None = None) -> PipelineResult:
+    """Segment every frame of `source` with `segmenter`, writing to `outputs`. Returns counts and timings.
+
+    KeyboardInterrupt (Ctrl-C) stops the run, closes the outputs (the partial video stays playable) and
+    is re-raised; `result.interrupted` is set on the object attached to the exception as `.result`.
+    """
+    options = options or PipelineOptions()
+    stream = options.progress_stream or sys.stderr
+    result = PipelineResult()
+    stats = result.stats
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    batch_size = segmenter.batch_size
+    to_infer: queue.Queue = queue.Queue(maxsize=options.queue_size)
+    to_write: queue.Queue = queue.Queue(maxsize=options.queue_size)
+    display: list[np.ndarray | None] = [None]  # latest overlay for --show (main thread draws)
+    lut = palette_lut(segmenter.palette)
+    draw = outputs.needs_overlay or options.show
+    is_video = source.is_video
+
+    def fail(exc: BaseException) -> None:
+        errors.append(exc)
+        stop.set()
+
+    def reader() -> None:
+        try:
+            pending: list[Frame] = []
+            starts: list[float] = []
+            it = source.frames()
+            while not stop.is_set():
+                t0 = time.perf_counter()
+                frame = next(it, None)
+                if frame is None:
+                    break
+                stats.add("decode", time.perf_counter() - t0)
+                if frame.image is None:
+                    # Undecodable image: passes through in order so the writer reports it.
+                    if not _put(to_infer, _Batch([frame], [t0]), stop):
+                        return
+                    continue
+                pending.append(frame)
+                starts.append(t0)
+                if len(pending) == batch_size:
+                    if not _put(to_infer, _prepare(pending, starts), stop):
+                        return
+                    pending, starts = [], []
+            if pending and not stop.is_set():
+                _put(to_infer, _prepare(pending, starts), stop)
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+            fail(exc)
+        finally:
+            _put(to_infer, _END, stop)
+
+    def _prepare(frames: list[Frame], starts: list[float]) -> _Batch:
+        t0 = time.perf_counter()
+        tensor, geos = segmenter.preprocessor.batch([f.image for f in frames], batch_size)
+        stats.add("preprocess", time.perf_counter() - t0)
+        return _Batch(frames, starts, tensor, geos)
+
+    def infer() -> None:
+        try:
+            while True:
+                batch = _get(to_infer, stop)
+                if batch is _END:
+                    break
+                if batch.tensor is not None:
+                    t0 = time.perf_counter()
+                    batch.output = segmenter.infer(batch.tensor)
+                    stats.add("infer", time.perf_counter() - t0)
+                    batch.tensor = None  # free the input early
+                if not _put(to_write, batch, stop):
+                    return
+        except BaseException as exc:  # noqa: BLE001
+            fail(exc)
+        finally:
+            _put(to_write, _END, stop)
+
+    def writer() -> None:
+        try:
+            while True:
+                batch = _get(to_write, stop)
+                if batch is _END:
+                    break
+                if batch.output is None:
+                    for frame in batch.frames:
+                        result.failed.append((str(frame.path or frame.stem), frame.error or "unreadable"))
+                    continue
+                t0 = time.perf_counter()
+                masks = segmenter.postprocess(batch.output, batch.geos)
+                t1 = time.perf_counter()
+                stats.add("postprocess", t1 - t0)
+                for frame, mask, start in zip(batch.frames, masks, batch.starts):
+                    overlay = None
+                    if draw:
+                        overlay = blend(frame.image, mask, lut, options.opacity)
+                        if options.legend:
+                            draw_legend(overlay, mask, segmenter.class_names, lut)
+                    outputs.write(frame, mask, overlay, is_video)
+                    if options.show:
+                        display[0] = overlay
+                    result.frames += 1
+                    stats.latency(time.perf_counter() - start)
+                stats.add("encode", time.perf_counter() - t1)
+        except BaseException as exc:  # noqa: BLE001
+            fail(exc)
+        finally:
+            outputs.close()  # the video trailer gets written even when interrupted
+
+    if options.show:
+        _open_window()
+    outputs.open()
+    progress = Progress(source.frame_count, stream, options.progress)
+    threads = [threading.Thread(target=fn, name=f"lrformer-{fn.__name__}", daemon=True)
+               for fn in (reader, infer, writer)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    try:
+        while threads[2].is_alive():
+            threads[2].join(timeout=0.05)
+            progress.update(result.frames)
+            if options.show and display[0] is not None:
+                if _show(display[0]):
+                    stop.set()  # 'q' or Esc in the window
+                display[0] = None
+    except KeyboardInterrupt as exc:
+        result.interrupted = True
+        stop.set()
+        threads[2].join()  # let the writer release the file
+        result.wall_s = time.perf_counter() - start
+        progress.finish(result.frames)
+        exc.result = result  # type: ignore[attr-defined]
+        raise
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=5.0)
+        source.close()
+    result.wall_s = time.perf_counter() - start
+    progress.finish(result.frames)
+    if errors:
+        exc = errors[0]
+        if isinstance(exc, KeyboardInterrupt):
+            result.interrupted = True
+        raise exc
+    return result
+
+
+def _open_window() -> None:
+    import cv2
+
+    try:
+        cv2.namedWindow("lrformer", cv2.WINDOW_NORMAL)
+    except cv2.error:
+        raise UserError("--show needs an OpenCV build with GUI support (opencv-python, not opencv-python-headless)") from None
+
+
+def _show(image: np.ndarray) -> bool:
+    import cv2
+
+    cv2.imshow("lrformer", image)
+    return (cv2.waitKey(1) & 0xFF) in (ord("q"), 27)

@@ -1,0 +1,306 @@
+"""Segmenter: the embeddable API. Model file in, class-id masks at the frame size out.
+
+    from lrformer_deploy.runtime import Segmenter
+    seg = Segmenter("engines/lrformer-t-ade20k-512x512.onnx", backend="auto", resize="stretch")
+    mask = seg(frame_bgr)                       # H x W uint8 class ids (uint16 beyond 256 classes)
+    masks = seg.segment_batch([f1, f2, f3])
+
+Backend choice ("auto"): a TensorRT engine when the model has one and TensorRT + a GPU are present,
+then ONNX Runtime on CUDA when the installed onnxruntime offers it, then ONNX Runtime on the CPU.
+"""
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import sys
+import tempfile
+import threading
+from contextlib import nullcontext
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lrformer_deploy.errors import UserError
+from lrformer_deploy.runtime.backends.base import Runner
+from lrformer_deploy.runtime.postprocess import Postprocessor
+from lrformer_deploy.runtime.preprocess import Geometry, Preprocessor
+from lrformer_deploy.runtime.spec import (
+    ModelSpec,
+    ResolvedModel,
+    default_palette,
+    resolve_model,
+    spec_from_io,
+    spec_from_manifest,
+)
+
+BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
+
+
+def default_model_path() -> Path:
+    """The project's demo model (exported on first use by lrformer_deploy.demo)."""
+    try:
+        from lrformer_deploy.demo import default_model
+    except ImportError:
+        raise UserError("no --model given and the demo model is not available") from None
+    try:
+        return Path(default_model())
+    except UserError:
+        raise
+    except Exception as exc:  # e.g. torch missing for the first-use export
+        raise UserError(f"no --model given and the demo model is not available ({exc.__class__.__name__}: {exc})") from None
+
+
+def tensorrt_available() -> bool:
+    """TensorRT importable and something to manage device memory with; the GPU is checked at load."""
+    has = importlib.util.find_spec
+    return has("tensorrt") is not None and (has("pycuda") is not None or has("torch") is not None)
+
+
+def _device_index(device: str | None) -> int:
+    _, _, index = (device or "").partition(":")
+    return int(index) if index.isdigit() else 0
+
+
+class Segmenter:
+    """Segment BGR uint8 frames with one model on one backend.
+
+    Thread safety: calls may come from several threads. ONNX Runtime sessions run concurrently;
+    TensorRT and torch runners are serialised by an internal lock (for parallel GPU work, create one
+    Segmenter per thread: each gets its own execution context).
+    """
+
+    def __init__(
+        self,
+        model: str | Path | None = None,
+        backend: str = "auto",
+        device: str | None = None,
+        resize: str = "stretch",
+        *,
+        input_size: tuple[int, int] | None = None,
+        stream: Any = None,
+        intra_op_threads: int | None = None,
+    ) -> None:
+        backend = (backend or "auto").lower()
+        if backend not in BACKENDS:
+            raise UserError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+        self._tmpdir: Path | None = None
+        self.model_path = Path(model) if model is not None else default_model_path()
+        resolved = resolve_model(self.model_path)
+        self._stream = stream
+        self._threads = intra_op_threads
+        runner, spec = self._make_runner(resolved, backend, device, input_size)
+        try:
+            runner.activate()
+        except BaseException:
+            self._cleanup_tmp()
+            raise
+        self.runner: Runner = runner
+        self.spec: ModelSpec = self._check_io(spec, runner, resolved.path)
+        self.preprocessor = Preprocessor(self.spec.input_size, self.spec.mean, self.spec.std,
+                                         self.spec.color_order, resize)
+        self.postprocessor = Postprocessor(self.spec.output_kind, self.spec.num_classes)
+        self.resize = resize
+        self._lock = nullcontext() if runner.thread_safe else threading.Lock()
+
+    # ------------------------------------------------------------------ properties of the contract
+    @property
+    def manifest(self) -> dict[str, Any]:
+        return self.spec.manifest
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.spec.class_names
+
+    @property
+    def palette(self) -> tuple[tuple[int, int, int], ...]:
+        return self.spec.palette
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return self.spec.input_size
+
+    @property
+    def batch_size(self) -> int:
+        return self.spec.batch
+
+    @property
+    def backend_name(self) -> str:
+        return self.runner.name
+
+    # ------------------------------------------------------------------ segmentation
+    def __call__(self, frame_bgr: np.ndarray) -> np.ndarray:
+        return self.segment_batch([frame_bgr])[0]
+
+    def segment_batch(self, frames: list[np.ndarray]) -> list[np.ndarray]:
+        """Masks for any number of frames; they are run in chunks of the model's batch size."""
+        masks: list[np.ndarray] = []
+        b = self.batch_size
+        for start in range(0, len(frames), b):
+            chunk = frames[start:start + b]
+            tensor, geos = self.preprocessor.batch(chunk, b)
+            outputs = self.infer(tensor)
+            masks.extend(self.postprocess(outputs, geos))
+        return masks
+
+    def infer(self, tensor: Any) -> np.ndarray:
+        """Raw model output for a preprocessed N x 3 x H x W batch (N = the model's batch size)."""
+        with self._lock:
+            out = self.runner.infer({self.spec.input_name: tensor})
+        return out[self.spec.output_name]
+
+    def postprocess(self, output: np.ndarray, geos: list[Geometry]) -> list[np.ndarray]:
+        """Per-frame masks from one batch output; rows beyond len(geos) (batch padding) are dropped."""
+        return [self.postprocessor(output[i], geo) for i, geo in enumerate(geos)]
+
+    # ------------------------------------------------------------------ lifetime
+    def close(self) -> None:
+        runner = getattr(self, "runner", None)
+        if runner is not None:
+            runner.deactivate()
+        self._cleanup_tmp()
+
+    def __enter__(self) -> "Segmenter":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self._cleanup_tmp()
+        except Exception:
+            pass
+
+    def _cleanup_tmp(self) -> None:
+        if self._tmpdir is not None:
+            shutil.rmtree(self._tmpdir, ignore_errors=True)
+            self._tmpdir = None
+
+    # ------------------------------------------------------------------ backend selection
+    def _make_runner(self, resolved: ResolvedModel, backend: str, device: str | None,
+                     input_size: tuple[int, int] | None) -> tuple[Runner, ModelSpec | None]:
+        if resolved.kind == "checkpoint":
+            return self._checkpoint_runner(resolved.path, backend, device, input_size)
+        spec = resolved.spec
+        engine = resolved.path if resolved.kind == "engine" else (spec.engine_path if spec else None)
+        onnx = resolved.path if resolved.kind == "onnx" else (spec.onnx_path if spec else None)
+        if backend == "torch":
+            raise UserError("--backend torch runs .pth checkpoints; for .onnx/.engine models use onnxruntime or tensorrt")
+        if backend == "tensorrt":
+            if engine is None:
+                raise UserError(f"no TensorRT engine recorded for {resolved.path.name}; build one with lrformer-export "
+                                "--engine, or use --backend onnxruntime --device tensorrt (ONNX Runtime's TensorRT provider)")
+            return self._trt_runner(engine, spec, device), spec
+        if backend == "auto" and engine is not None and engine.is_file() and tensorrt_available():
+            runner = self._trt_runner(engine, spec, device)
+            try:
+                runner.activate()
+                return runner, spec
+            except UserError as exc:
+                if onnx is None:
+                    raise
+                print(f"warning: TensorRT engine not usable ({exc}); falling back to ONNX Runtime", file=sys.stderr)
+        if onnx is None:
+            if resolved.kind == "engine":
+                raise UserError(f"{resolved.path.name} is a TensorRT engine and TensorRT is not available here "
+                                "(pip install tensorrt pycuda); pass the .onnx model to run with ONNX Runtime")
+            raise UserError(f"{resolved.path}: the manifest names no ONNX graph to run")
+        if not onnx.is_file():
+            raise UserError(f"model file not found: {onnx}")
+        from lrformer_deploy.runtime.backends.ort import OnnxRuntimeRunner
+
+        ort_device = device if device not in (None, "auto") else "auto"
+        return OnnxRuntimeRunner(onnx, device=ort_device, intra_op_threads=self._threads), spec
+
+    def _trt_runner(self, engine: Path, spec: ModelSpec | None, device: str | None) -> Runner:
+        from lrformer_deploy.runtime.backends.trt import TensorRTRunner
+
+        return TensorRTRunner(engine, spec.engine_record if spec else None, device_id=_device_index(device),
+                              stream=self._stream)
+
+    def _checkpoint_runner(self, path: Path, backend: str, device: str | None,
+                           input_size: tuple[int, int] | None) -> tuple[Runner, ModelSpec | None]:
+        from lrformer_deploy.runtime.backends.torch_runner import TorchRunner, load_checkpoint_model
+
+        if backend == "tensorrt":
+            raise UserError("a .pth checkpoint cannot run on TensorRT directly; export it and build an engine with "
+                            "lrformer-export first")
+        size = tuple(input_size or (512, 512))
+        if size[0] % 32 or size[1] % 32:
+            raise UserError(f"input size {size[0]}x{size[1]} must be a multiple of 32 on both sides")
+        model = load_checkpoint_model(path)
+        if backend == "torch":
+            return TorchRunner(model=model, device=device), checkpoint_spec(model, path, size)
+        # auto / onnxruntime: export in memory (a temporary folder) and run the graph with ONNX Runtime.
+        try:
+            from lrformer_deploy.export_onnx import export_onnx
+        except ImportError as exc:
+            raise UserError(f"cannot export {path.name}: lrformer_deploy.export_onnx is unavailable ({exc})") from None
+        from lrformer_deploy.runtime.backends.ort import OnnxRuntimeRunner
+
+        self._tmpdir = Path(tempfile.mkdtemp(prefix="lrformer-infer-"))
+        kwargs: dict[str, Any] = {"size": size, "batch": 1, "head": "mask"}
+        preset = _dataset_for(model)
+        if preset is not None:
+            kwargs["dataset"] = preset
+        variant = getattr(getattr(model, "cfg", None), "name", None)
+        if variant:
+            kwargs["variant"] = variant
+        result = export_onnx(model, self._tmpdir, path.stem, **kwargs)
+        spec = spec_from_manifest(dict(result.manifest), Path(result.manifest_path))
+        spec = replace(spec, checkpoint_path=path, onnx_path=Path(result.onnx_path))
+        return OnnxRuntimeRunner(result.onnx_path, device=device, intra_op_threads=self._threads), spec
+
+    # ------------------------------------------------------------------ consistency
+    def _check_io(self, spec: ModelSpec | None, runner: Runner, path: Path) -> ModelSpec:
+        try:
+            inputs, outputs = runner.io_info()
+        except NotImplementedError:
+            if spec is None:
+                raise UserError(f"{path}: no manifest found and the backend cannot describe the model") from None
+            return spec
+        if spec is None:
+            (in_name, in_shape), (out_name, out_shape) = inputs[0], outputs[0]
+            return spec_from_io(path, in_name, in_shape, out_name, out_shape)
+        in_names = {n: s for n, s in inputs}
+        out_names = [n for n, _ in outputs]
+        if spec.input_name not in in_names:
+            raise UserError(f"{path.name}: the manifest's input {spec.input_name!r} is not in the model "
+                            f"(it has {', '.join(in_names)})")
+        if spec.output_name not in out_names:
+            raise UserError(f"{path.name}: the manifest's output {spec.output_name!r} is not in the model "
+                            f"(it has {', '.join(out_names)})")
+        got = tuple(in_names[spec.input_name])
+        static = all(isinstance(d, int) for d in got)
+        if static and got != tuple(spec.input_shape):
+            raise UserError(f"{path.name}: the model input is {list(got)} but its manifest says {list(spec.input_shape)}")
+        return spec
+
+
+def _dataset_for(model: Any):
+    try:
+        from lrformer_deploy.datasets import dataset_for_num_classes
+    except ImportError:
+        return None
+    return dataset_for_num_classes(int(getattr(model, "num_classes", 0) or 0))
+
+
+def checkpoint_spec(model: Any, path: Path, size: tuple[int, int]) -> ModelSpec:
+    """Spec for running a checkpoint module directly: stride-8 logits, names/palette from the dataset."""
+    num_classes = int(getattr(model, "num_classes"))
+    preset = _dataset_for(model)
+    return ModelSpec(
+        name=path.stem,
+        input_name="image",
+        input_shape=(1, 3, int(size[0]), int(size[1])),
+        output_name="logits",
+        output_kind="logits",
+        num_classes=num_classes,
+        class_names=tuple(preset.class_names) if preset else tuple(f"class {i}" for i in range(num_classes)),
+        palette=tuple(preset.palette) if preset else default_palette(num_classes),
+        mean=tuple(preset.mean) if preset else ModelSpec.__dataclass_fields__["mean"].default,
+        std=tuple(preset.std) if preset else ModelSpec.__dataclass_fields__["std"].default,
+        checkpoint_path=path,
+    )

@@ -1,0 +1,192 @@
+"""Inputs: one image, a folder or glob of images, a video file, a webcam index, or a stream URL.
+
+`open_source(text)` decides which from the text and the file system, and checks up front what can be
+checked (file exists, not empty, decodable first frame) so that mistakes become one clear UserError
+before any work starts. Images that fail to decode later do not stop a folder: they come through as
+`Frame`s with `error` set, so the caller can finish the good ones and report the bad ones.
+"""
+from __future__ import annotations
+
+import glob
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from lrformer_deploy.errors import UserError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".jp2"}
+VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".m4v", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".ts", ".3gp"}
+STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://")
+DEFAULT_FPS = 25.0
+
+
+@dataclass
+class Frame:
+    index: int  # position in the input (frame number, or image number in a folder)
+    stem: str  # name used for outputs: the image's stem, or the video's stem for every frame
+    image: np.ndarray | None  # BGR uint8; None when the input could not be decoded
+    path: Path | None = None
+    error: str | None = None
+
+
+class Source:
+    """Base class: iterate `frames()`; `kind` is image, images, video, webcam or stream."""
+
+    kind = "source"
+    description = ""
+    fps: float = DEFAULT_FPS
+    frame_count: int | None = None  # None when unknown (live sources)
+    stem = "output"
+
+    def frames(self) -> Iterator[Frame]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    @property
+    def is_video(self) -> bool:
+        return self.kind in ("video", "webcam", "stream")
+
+
+def read_image(path: Path) -> tuple[np.ndarray | None, str | None]:
+    """(BGR image, None) or (None, reason). Reads bytes first so every failure has a precise reason."""
+    try:
+        data = np.fromfile(str(path), dtype=np.uint8)
+    except PermissionError:
+        return None, "permission denied"
+    except IsADirectoryError:
+        return None, "is a folder"
+    except OSError as exc:
+        return None, exc.strerror or exc.__class__.__name__
+    if data.size == 0:
+        return None, "empty file"
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    if image is None:
+        return None, "not a decodable image (corrupt or unsupported format)"
+    return image, None
+
+
+class ImageSource(Source):
+    def __init__(self, paths: list[Path], kind: str, description: str, max_frames: int | None = None) -> None:
+        self.paths = paths[:max_frames] if max_frames else paths
+        self.kind = kind
+        self.description = description
+        self.frame_count = len(self.paths)
+        self.stem = self.paths[0].stem if kind == "image" else Path(description).name
+
+    def frames(self) -> Iterator[Frame]:
+        for i, path in enumerate(self.paths):
+            image, error = read_image(path)
+            yield Frame(index=i, stem=path.stem, image=image, path=path, error=error)
+
+
+class CaptureSource(Source):
+    """Video file, webcam or stream through cv2.VideoCapture (FFmpeg backend for files and URLs)."""
+
+    def __init__(self, target: str | int, kind: str, stem: str, max_frames: int | None = None) -> None:
+        self.kind = kind
+        self.stem = stem
+        self.description = str(target)
+        self.max_frames = max_frames
+        self.cap = cv2.VideoCapture(target)
+        if not self.cap.isOpened():
+            self.cap.release()
+            what = {"video": f"cannot open video {target}: not a video file, or a codec OpenCV cannot decode",
+                    "webcam": f"cannot open webcam {target}",
+                    "stream": f"cannot open stream {target} (unreachable, or a protocol OpenCV/FFmpeg cannot read)"}
+            raise UserError(what[kind])
+        ok, first = self.cap.read()
+        if not ok or first is None:
+            self.cap.release()
+            raise UserError(f"{target} has no decodable frames" if kind == "video" else f"no frames from {kind} {target}")
+        self._first = first
+        fps = self.cap.get(cv2.CAP_PROP_FPS)
+        self.fps = fps if fps and math.isfinite(fps) and 0 < fps < 1000 else DEFAULT_FPS
+        count = int(self.cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0) if kind == "video" else 0
+        self.frame_count = count if count > 0 else None
+        if self.frame_count and max_frames:
+            self.frame_count = min(self.frame_count, max_frames)
+        self.frame_size = first.shape[:2]
+
+    def frames(self) -> Iterator[Frame]:
+        index = 0
+        image = self._first
+        self._first = None
+        while image is not None:
+            yield Frame(index=index, stem=self.stem, image=image)
+            index += 1
+            if self.max_frames and index >= self.max_frames:
+                break
+            ok, image = self.cap.read()
+            if not ok:
+                image = None
+
+    def close(self) -> None:
+        self.cap.release()
+
+
+def _list_folder(folder: Path) -> list[Path]:
+    try:
+        with os.scandir(folder) as it:
+            entries = [Path(e.path) for e in it if e.is_file() and Path(e.name).suffix.lower() in IMAGE_SUFFIXES]
+    except PermissionError:
+        raise UserError(f"cannot read folder {folder}: permission denied") from None
+    except OSError as exc:
+        raise UserError(f"cannot read folder {folder}: {exc.strerror or exc.__class__.__name__}") from None
+    return sorted(entries)
+
+
+def open_source(text: str | int, max_frames: int | None = None) -> Source:
+    """Open an input given as text (CLI argument) or an int webcam index."""
+    if isinstance(text, int):
+        return CaptureSource(text, "webcam", f"webcam{text}", max_frames)
+    text = str(text)
+    if text.lower().startswith(STREAM_SCHEMES):
+        return CaptureSource(text, "stream", "stream", max_frames)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        images = _list_folder(path)
+        if not images:
+            raise UserError(f"no images in folder {path} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+        return ImageSource(images, "images", str(path), max_frames)
+    if path.exists():
+        if not os.access(path, os.R_OK):
+            raise UserError(f"cannot read {path}: permission denied")
+        if path.stat().st_size == 0:
+            raise UserError(f"input file is empty: {path}")
+        suffix = path.suffix.lower()
+        if suffix in IMAGE_SUFFIXES:
+            image, error = read_image(path)
+            if error:
+                raise UserError(f"cannot read image {path}: {error}")
+            return ImageSource([path], "image", str(path))
+        if suffix in VIDEO_SUFFIXES:
+            return CaptureSource(str(path), "video", path.stem, max_frames)
+        # Unknown extension: an image if it decodes as one, else try it as a video.
+        image, _ = read_image(path)
+        if image is not None:
+            return ImageSource([path], "image", str(path))
+        return CaptureSource(str(path), "video", path.stem, max_frames)
+    if text.isdigit():
+        return CaptureSource(int(text), "webcam", f"webcam{text}", max_frames)
+    if any(ch in text for ch in "*?["):
+        matches = [Path(p) for p in sorted(glob.glob(os.path.expanduser(text), recursive=True))]
+        images = [p for p in matches if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+        if not images:
+            raise UserError(f"no images match {text}")
+        return ImageSource(images, "images", _glob_root(text, images), max_frames)
+    raise UserError(f"input not found: {text}")
+
+
+def _glob_root(pattern: str, matches: list[Path]) -> str:
+    """The folder a glob's matches share (used to name the default output folder)."""
+    try:
+        return os.path.commonpath([str(p.parent.resolve()) for p in matches])
+    except ValueError:
+        return str(Path(pattern).parent)
