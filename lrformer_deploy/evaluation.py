@@ -25,7 +25,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import cv2
 import numpy as np
@@ -378,7 +378,3 @@ def evaluate(predictors: Mapping[str, Predictor], folder: EvalFolder, num_classe
     return [ModelReport(name, matrices[name].metrics(), seconds[name], len(samples), resized[name],
                         matrices[name].unknown_label_pixels) for name in predictors]
 
-
-def iter_images(folder: EvalFolder, limit: int | None = None) -> Iterable[np.ndarray]:
-    for sample in folder.samples[:limit] if limit else folder.samples:
-        yield read_image(sample.image)
