@@ -15,9 +15,12 @@ import numpy as np
 
 from lrformer_deploy.runtime.preprocess import Geometry
 
-# cv2.warpAffine takes at most 128 channels in OpenCV 5; smaller chunks also bound the memory of the
-# full-resolution score planes (chunk x frame pixels x 4 bytes).
+# Classes are upsampled in chunks: this bounds the memory of the full-resolution score planes
+# (chunk x frame pixels x 4 bytes) and keeps cv2 on its exact paths: cv2.resize is exact for any
+# channel count, but cv2.warpAffine (needed for keep-ratio's fractional crop) only for up to 4 channels
+# (wider images take a lower-precision path in OpenCV 5), so warps are done 4 channels at a time.
 _LOGIT_CHUNK = 32
+_WARP_CHANNELS = 4
 
 
 def mask_dtype(num_classes: int) -> np.dtype:
@@ -62,12 +65,21 @@ def logits_to_frame(logits: np.ndarray, geo: Geometry) -> np.ndarray:
     h, w = geo.frame_size
     matrix = logits_affine(geo, logits.shape[1:])
     hwc = np.ascontiguousarray(np.moveaxis(logits.astype(np.float32, copy=False), 0, -1))
+    stretch = geo.content_size == geo.input_size
     best_score = None
     best_class = np.zeros((h, w), dtype=mask_dtype(num_classes))
     for start in range(0, num_classes, _LOGIT_CHUNK):
-        chunk = np.ascontiguousarray(hwc[:, :, start:start + _LOGIT_CHUNK])
-        up = cv2.warpAffine(chunk, matrix, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                            borderMode=cv2.BORDER_REPLICATE)
+        chunk = hwc[:, :, start:start + _LOGIT_CHUNK]
+        n = chunk.shape[2]
+        if stretch:
+            # Whole grid -> whole frame: cv2.resize's mapping is exactly the affine one above.
+            up = cv2.resize(np.ascontiguousarray(chunk), (w, h), interpolation=cv2.INTER_LINEAR)
+        else:
+            up = np.empty((h, w, n), dtype=np.float32)
+            for sub in range(0, n, _WARP_CHANNELS):
+                part = cv2.warpAffine(np.ascontiguousarray(chunk[:, :, sub:sub + _WARP_CHANNELS]), matrix, (w, h),
+                                      flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
+                up[:, :, sub:sub + _WARP_CHANNELS] = part.reshape(h, w, -1)
         if up.ndim == 2:
             up = up[:, :, None]
         arg = up.argmax(axis=2)
