@@ -1,0 +1,282 @@
+"""FP16 / INT8 graphs and their accuracy check, on the CPU with ONNX Runtime (toy LRFormer-shaped graph)."""
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+from onnx import TensorProto, numpy_helper  # noqa: E402
+
+from lrformer_deploy.errors import UserError  # noqa: E402
+from lrformer_deploy.precision import (  # noqa: E402
+    AccuracyBelowThreshold,
+    accuracy_report,
+    convert_fp16,
+    load_calibration_frames,
+    quantize_int8,
+)
+from lrformer_deploy.precision.calibration import _preprocess, even_indices, read_calibration_images  # noqa: E402
+from lrformer_deploy.precision.toy import build_toy_segmenter  # noqa: E402
+
+SIZE = (64, 64)
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    return build_toy_segmenter(tmp_path_factory.mktemp("toy") / "toy.onnx", size=SIZE)
+
+
+@pytest.fixture(scope="module")
+def frames():
+    """Smooth synthetic images (blurred noise), normalised like real ones: N x 3 x H x W float32."""
+    import cv2
+
+    rng = np.random.default_rng(7)
+    out = []
+    for _ in range(4):
+        img = cv2.GaussianBlur(rng.integers(0, 256, (SIZE[0], SIZE[1], 3), dtype=np.uint8), (9, 9), 3)
+        out.append(_preprocess(img, SIZE, (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)))
+    return np.stack(out)
+
+
+@pytest.fixture(scope="module")
+def fp16(toy, frames, tmp_path_factory):
+    out = tmp_path_factory.mktemp("fp16") / "toy-fp16.onnx"
+    return out, convert_fp16(toy, out, frames)
+
+
+def _inferred(path):
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(path)))
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in
+             list(model.graph.input) + list(model.graph.value_info) + list(model.graph.output)}
+    types.update({i.name: i.data_type for i in model.graph.initializer})
+    return model, types
+
+
+# ----------------------------------------------------------------------------------------------- FP16
+def test_fp16_graph_runs_with_contract_io(fp16, frames):
+    path, record = fp16
+    onnx.checker.check_model(str(path), full_check=True)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (inp,), (out,) = sess.get_inputs(), sess.get_outputs()
+    assert (inp.name, inp.type) == ("image", "tensor(float)")
+    assert (out.name, out.type) == ("mask", "tensor(int32)")
+    mask = sess.run(None, {"image": frames[:1]})[0]
+    assert mask.shape == (1, *SIZE) and mask.dtype == np.int32
+    assert record["nodes_fp16"] > 0 and record["casts_inserted"] > 0
+
+
+def test_fp16_graph_types_match_the_decision_record(fp16):
+    path, record = fp16
+    model, types = _inferred(path)
+    kept = {k["node"]: k for k in record["kept_fp32"]}
+    half_nodes, full_nodes = set(), set()
+    for node in model.graph.node:
+        if node.op_type == "Cast":
+            continue
+        dts = {types.get(t) for t in list(node.input) + list(node.output) if t}
+        if TensorProto.FLOAT16 in dts:
+            half_nodes.add(node.name)
+        elif TensorProto.FLOAT in dts:
+            full_nodes.add(node.name)
+    # Every node still touching float32 is in the record, and no recorded node touches float16.
+    assert full_nodes == set(kept)
+    assert not half_nodes & set(kept)
+    ops = collections.Counter(kept[n]["op"] for n in kept)
+    for op in ("LayerNormalization", "Softmax", "ArgMax", "Resize"):
+        assert ops[op] >= 1, op
+    # The measurement, not a list, caught the overflow trap and the tiny layer scale.
+    assert kept["overflow_up"]["category"] == "measured" and "overflow" in kept["overflow_up"]["reason"]
+    assert kept["overflow_down"]["category"] == "measured"
+    assert kept["layer_scale"]["category"] == "measured"
+    assert record["flagged_tensors"]["huge"]["max_abs"] > 60000
+    # Conv/MatMul run in FP16 with float16 weights.
+    inits = {i.name: i for i in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type in ("Conv", "MatMul") and node.name not in kept:
+            assert node.name in half_nodes
+            for t in node.input:
+                if t in inits:
+                    assert inits[t].data_type == TensorProto.FLOAT16
+    assert {"stem1", "stem2", "stem3", "conv_seg", "q", "k", "v", "proj"} <= half_nodes
+
+
+def test_fp16_accuracy_report(toy, fp16, frames):
+    path, _ = fp16
+    report = accuracy_report(toy, path, frames, precision="fp16")
+    assert report["passed"] and report["mask_agreement"] >= 0.995
+    assert 0 < report["logits_rel_error"] < 5e-3  # changed (FP16 really used) but close
+    assert report["compared_tensor"].startswith("logits")
+
+
+def test_fp16_mask_agreement_on_real_frames(toy, shared_video, tmp_path):
+    calib = load_calibration_frames(shared_video, 6, SIZE)
+    held = load_calibration_frames(shared_video, 13, SIZE)[1::2]  # other frames than the calibration ones
+    out = tmp_path / "toy-fp16.onnx"
+    convert_fp16(toy, out, calib)
+    report = accuracy_report(toy, out, held, precision="fp16")
+    print("fp16 on real frames:", report["mask_agreement"], report["logits_rel_error"])
+    assert report["mask_agreement"] >= 0.995
+    assert report["logits_rel_error"] > 0
+
+
+def test_accuracy_below_threshold_raises_with_report(toy, frames, tmp_path):
+    other = build_toy_segmenter(tmp_path / "other.onnx", size=SIZE, seed=3)  # different weights
+    with pytest.raises(AccuracyBelowThreshold) as err:
+        accuracy_report(toy, other, frames, precision="int8")
+    assert isinstance(err.value, UserError)
+    assert err.value.report["mask_agreement"] < 0.98 and not err.value.report["passed"]
+
+
+def test_accuracy_report_on_logits_head(tmp_path, frames):
+    ref = build_toy_segmenter(tmp_path / "l.onnx", size=SIZE, head="logits")
+    out = tmp_path / "l-fp16.onnx"
+    convert_fp16(ref, out, frames)
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert [(o.name, o.type) for o in sess.get_outputs()] == [("logits", "tensor(float)")]
+    report = accuracy_report(ref, out, frames, min_agreement=0.99)
+    assert report["compared_tensor"] == "logits" and report["logits_rel_error"] < 5e-3
+
+
+# ----------------------------------------------------------------------------------------------- INT8
+@pytest.fixture(scope="module")
+def int8(toy, frames, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("int8")
+    out = folder / "toy-int8.onnx"
+    first = quantize_int8(toy, out, frames, count=4, method="minmax")
+    second = quantize_int8(toy, out, frames, count=4, method="minmax")
+    return out, first, second
+
+
+def test_int8_qdq_follows_the_tensorrt_contract(int8):
+    path, record, _ = int8
+    onnx.checker.check_model(str(path), full_check=True)
+    model, _ = _inferred(path)
+    g = model.graph
+    inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+    init_types = {i.name: i.data_type for i in g.initializer}
+    consumers = collections.defaultdict(list)
+    for n in g.node:
+        for t in n.input:
+            consumers[t].append(n)
+    qdq = [n for n in g.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    assert qdq
+    for n in qdq:
+        assert init_types[n.input[2]] == TensorProto.INT8 and not inits[n.input[2]].any()  # symmetric int8
+    weight_dq = [n for n in g.node if n.op_type == "DequantizeLinear" and n.input[0] in inits]
+    assert weight_dq
+    for dq in weight_dq:
+        w, scale = inits[dq.input[0]], inits[dq.input[1]]
+        axis = next((a.i for a in dq.attribute if a.name == "axis"), 1)
+        user = consumers[dq.output[0]][0]
+        assert user.op_type in ("Conv", "MatMul", "Gemm")
+        assert scale.ndim == 1
+        if user.op_type == "Conv":
+            assert axis == 0 and scale.shape[0] == w.shape[0]  # per output channel
+        else:  # MatMul/Gemm B is K x N: output channels on axis 1
+            assert axis == 1 and scale.shape[0] == w.shape[1]
+    for n in g.node:
+        if n.op_type == "QuantizeLinear":
+            assert inits[n.input[1]].ndim == 0  # per-tensor activation scale
+    # Q/DQ only in front of Conv/MatMul/Gemm; the sensitive ops read float tensors.
+    for dq in (n for n in g.node if n.op_type == "DequantizeLinear"):
+        assert {c.op_type for c in consumers[dq.output[0]]} <= {"Conv", "MatMul", "Gemm"}
+    producer = {o: n for n in g.node for o in n.output}
+    for n in g.node:
+        if n.op_type in ("LayerNormalization", "Softmax", "Resize", "ArgMax"):
+            assert producer.get(n.input[0]) is None or producer[n.input[0]].op_type != "DequantizeLinear"
+    assert record["graph"]["quantized_ops"].get("Conv") == 4
+    # attention products stay float by default
+    assert {k["node"] for k in record["kept_float"]} == {"qk", "pv"}
+
+
+def test_int8_runs_and_is_close(toy, int8, frames):
+    path, _, _ = int8
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert sess.run(None, {"image": frames[:1]})[0].dtype == np.int32
+    report = accuracy_report(toy, path, frames)
+    print("int8 toy:", report["mask_agreement"], report["logits_rel_error"])
+    assert 0 < report["logits_rel_error"] < 0.25  # quantized, and not garbage
+
+
+def test_int8_calibration_cache_is_reused_and_keyed(toy, int8, frames, tmp_path):
+    path, first, second = int8
+    assert first["calibration"]["cache_hit"] is False
+    assert second["calibration"]["cache_hit"] is True
+    assert (path.parent / "toy-int8.calib.json").is_file()
+    assert first["calibration"]["cache_key"] == second["calibration"]["cache_key"]
+    # Same folder, other method or other inputs: a different key, so recomputed.
+    other = quantize_int8(toy, path, frames, count=4, method="percentile")
+    assert other["calibration"]["cache_hit"] is False
+    changed = quantize_int8(toy, path, frames[::-1].copy(), count=4, method="percentile")
+    assert changed["calibration"]["cache_hit"] is False
+    again = quantize_int8(toy, path, frames[::-1].copy(), count=4, method="percentile")
+    assert again["calibration"]["cache_hit"] is True
+
+
+def test_int8_from_video_with_cache_dir(toy, shared_video, tmp_path):
+    kwargs = dict(count=4, method="minmax", cache_dir=tmp_path / "cache")
+    first = quantize_int8(toy, tmp_path / "toy-int8.onnx", shared_video, **kwargs)
+    second = quantize_int8(toy, tmp_path / "toy-int8.onnx", shared_video, **kwargs)
+    assert first["calibration"]["frames"] == 4 and first["calibration"]["source"]["kind"] == "video"
+    assert (tmp_path / "cache" / "toy-int8.calib.json").is_file()
+    assert (first["calibration"]["cache_hit"], second["calibration"]["cache_hit"]) == (False, True)
+    print("calibration seconds first/cached:", first["calibration"]["seconds"], second["calibration"]["seconds"])
+
+
+def test_int8_rejects_bad_arguments(toy, frames, tmp_path):
+    with pytest.raises(UserError, match="method"):
+        quantize_int8(toy, tmp_path / "x.onnx", frames, count=4, method="kl")
+    with pytest.raises(UserError, match="count"):
+        quantize_int8(toy, tmp_path / "x.onnx", frames, count=0)
+    with pytest.raises(UserError, match="does not exist"):
+        quantize_int8(tmp_path / "missing.onnx", tmp_path / "x.onnx", frames)
+    with pytest.raises(UserError, match="does not exist"):
+        quantize_int8(toy, tmp_path / "x.onnx", tmp_path / "no-such-dir")
+
+
+# ------------------------------------------------------------------------------------ calibration data
+def test_even_indices():
+    assert even_indices(10, 3) == [0, 4, 9] or even_indices(10, 3) == [0, 5, 9]
+    assert even_indices(5, 10) == [0, 1, 2, 3, 4]
+    assert even_indices(377, 1) == [188]
+    assert even_indices(0, 4) == []
+
+
+def test_calibration_frames_from_folder(tmp_path):
+    import cv2
+
+    for i in range(7):
+        cv2.imwrite(str(tmp_path / f"f{i}.png"), np.full((20, 30, 3), i * 30, np.uint8))
+    (tmp_path / "notes.txt").write_text("not an image")
+    x = load_calibration_frames(tmp_path, 3, (32, 64))
+    assert x.shape == (3, 3, 32, 64) and x.dtype == np.float32
+    # frames 0, 3, 6 -> grey levels 0, 90, 180; channel 0 is R: (v - 123.675) / 58.395
+    np.testing.assert_allclose(x[:, 0, 0, 0], (np.array([0, 90, 180]) - 123.675) / 58.395, rtol=1e-5)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(UserError, match="no images"):
+        load_calibration_frames(empty, 3, (32, 32))
+
+
+def test_calibration_frames_from_video_match_shared_preprocessing(shared_video):
+    raw = read_calibration_images(shared_video, 3)
+    assert len(raw) == 3 and raw[0].shape == (432, 768, 3)
+    x = load_calibration_frames(shared_video, 3, (64, 96))
+    mean, std = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)
+    ref = np.stack([_preprocess(f, (64, 96), mean, std) for f in raw])
+    np.testing.assert_allclose(x, ref, atol=1e-5)
+    assert not np.allclose(x[0], x[-1])  # first and last frame of the clip differ
+
+
+def test_calibration_source_errors(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        load_calibration_frames(tmp_path / "nope", 2, (32, 32))
+    bad = tmp_path / "data.bin"
+    bad.write_bytes(b"x")
+    with pytest.raises(UserError, match="neither an image nor a video"):
+        load_calibration_frames(bad, 2, (32, 32))
