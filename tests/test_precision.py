@@ -280,3 +280,42 @@ def test_calibration_source_errors(tmp_path):
     bad.write_bytes(b"x")
     with pytest.raises(UserError, match="neither an image nor a video"):
         load_calibration_frames(bad, 2, (32, 32))
+
+
+# -------------------------------------------------------------------------------------- CLI pipeline
+def test_pipeline_fp16_checks_on_held_back_frames(toy, shared_video, tmp_path):
+    from lrformer_deploy.precision import make_precision_graph
+
+    fp32 = tmp_path / "toy.onnx"
+    fp32.write_bytes(toy.read_bytes())
+    details = make_precision_graph(fp32, "fp16", calib=shared_video, calib_count=6, check_count=3)
+    assert (tmp_path / "toy-fp16.onnx").is_file() and details["onnx"] == "toy-fp16.onnx"
+    assert details["data"]["check_held_back"] and details["data"]["check_frames"] == 3
+    assert details["accuracy"]["frames"] == 3 and details["accuracy"]["passed"]
+    assert details["conversion"]["kept_fp32"]
+
+
+def test_pipeline_int8_threshold_and_missing_calibration(toy, shared_video, tmp_path):
+    from lrformer_deploy.precision import make_precision_graph
+
+    with pytest.raises(UserError, match="calibration data"):
+        make_precision_graph(toy, "int8", out_onnx=tmp_path / "x-int8.onnx")
+    with pytest.raises(AccuracyBelowThreshold) as err:  # nothing can reach agreement 1.0 after 8-bit rounding
+        make_precision_graph(toy, "int8", calib=shared_video, calib_count=4, check_count=2, calib_method="minmax",
+                             out_onnx=tmp_path / "toy-int8.onnx", min_agreement=1.0)
+    assert err.value.details["conversion"]["calibration"]["frames"] == 4
+    ok = make_precision_graph(toy, "int8", calib=shared_video, calib_count=4, check_count=2, calib_method="minmax",
+                              out_onnx=tmp_path / "toy-int8.onnx", min_agreement=0.0)
+    assert ok["conversion"]["calibration"]["cache_hit"]  # same inputs as the failed attempt
+    assert ok["accuracy"]["min_agreement"] == 0.0
+
+
+def test_measurement_in_groups_matches_one_run(toy, frames):
+    from lrformer_deploy.precision.fp16 import measure_tensor_stats
+
+    one = measure_tensor_stats(str(toy), frames[:2])
+    grouped = measure_tensor_stats(str(toy), frames[:2], max_bytes_per_run=8192)
+    assert one.keys() == grouped.keys()
+    for name in one:
+        assert one[name].max_abs == pytest.approx(grouped[name].max_abs)
+        assert one[name].rel_err == pytest.approx(grouped[name].rel_err)

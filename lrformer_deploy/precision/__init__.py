@@ -5,6 +5,7 @@
   calibration cache next to the artifact.
 - accuracy_report: logits relative error and mask agreement vs the FP32 graph; raises below threshold.
 - load_calibration_frames: frames from an image folder or a video, preprocessed like inference.
+- make_precision_graph: the export CLI's one call (conversion + held-back accuracy check).
 
 No torch anywhere here; onnx and onnxruntime are imported inside the functions.
 """
@@ -13,6 +14,7 @@ from .calibration import load_calibration_frames
 from .fp16 import POLICY_FP32_OPS, convert_fp16
 from .int8 import METHODS as CALIBRATION_METHODS
 from .int8 import quantize_int8
+from .pipeline import PRECISIONS, make_precision_graph, output_path
 
 __all__ = [
     "AccuracyBelowThreshold",
@@ -22,5 +24,8 @@ __all__ = [
     "accuracy_report",
     "convert_fp16",
     "load_calibration_frames",
+    "make_precision_graph",
+    "output_path",
+    "PRECISIONS",
     "quantize_int8",
 ]

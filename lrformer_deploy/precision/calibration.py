@@ -80,7 +80,22 @@ def even_indices(total: int, count: int) -> list[int]:
     return sorted({round(i * (total - 1) / (count - 1)) for i in range(count)})
 
 
-def _read_video_frames(path: Path, count: int) -> list[np.ndarray]:
+def holdout_indices(total: int, calib_count: int, count: int) -> list[int]:
+    """`count` indices disjoint from even_indices(total, calib_count): midpoints between calibration
+    samples, spread evenly. Fewer (possibly none) when the source is too short to hold any back."""
+    used = even_indices(total, calib_count)
+    taken = set(used)
+    mids = [(a + b) // 2 for a, b in zip(used, used[1:]) if (a + b) // 2 not in taken]
+    if not mids:
+        mids = [i for i in range(total) if i not in taken]
+    return [mids[i] for i in even_indices(len(mids), count)]
+
+
+def _pick(total: int, count: int, holdout_of: int | None) -> list[int]:
+    return even_indices(total, count) if holdout_of is None else holdout_indices(total, holdout_of, count)
+
+
+def _read_video_frames(path: Path, count: int, holdout_of: int | None = None) -> list[np.ndarray]:
     import cv2
 
     cap = cv2.VideoCapture(str(path))
@@ -95,8 +110,10 @@ def _read_video_frames(path: Path, count: int) -> list[np.ndarray]:
                 if not ok:
                     break
                 frames_all.append(frame)
-            return [frames_all[i] for i in even_indices(len(frames_all), count)]
-        wanted = set(even_indices(total, count))
+            return [frames_all[i] for i in _pick(len(frames_all), count, holdout_of)]
+        wanted = set(_pick(total, count, holdout_of))
+        if not wanted:
+            return []
         frames = []
         # Sequential grab() is exact and cheap; seeking in compressed video is not frame-accurate.
         for index in range(max(wanted) + 1):
@@ -111,18 +128,21 @@ def _read_video_frames(path: Path, count: int) -> list[np.ndarray]:
         cap.release()
 
 
-def read_calibration_images(path: str | os.PathLike, count: int) -> list[np.ndarray]:
-    """Up to `count` BGR uint8 frames sampled evenly from an image folder or a video file."""
+def read_calibration_images(path: str | os.PathLike, count: int, holdout_of: int | None = None) -> list[np.ndarray]:
+    """Up to `count` BGR uint8 frames sampled evenly from an image folder or a video file.
+
+    holdout_of=k: frames disjoint from the k calibration frames of the same source (for accuracy checks).
+    """
     import cv2
 
     if count < 1:
         raise UserError(f"calibration count must be at least 1, got {count}.")
     kind, files = list_calibration_files(path)
     if kind == "video":
-        frames = _read_video_frames(files[0], count)
+        frames = _read_video_frames(files[0], count, holdout_of)
     else:
         frames = []
-        for i in even_indices(len(files), count):
+        for i in _pick(len(files), count, holdout_of):
             img = cv2.imread(str(files[i]), cv2.IMREAD_COLOR)
             if img is None:
                 raise UserError(f"cannot read calibration image {files[i]}.")
@@ -138,10 +158,14 @@ def load_calibration_frames(
     size: tuple[int, int],
     mean: Sequence[float] = DEFAULT_MEAN,
     std: Sequence[float] = DEFAULT_STD,
+    holdout_of: int | None = None,
 ) -> np.ndarray:
-    """Calibration inputs as an N x 3 x H x W float32 array (N <= count), `size` = (H, W) of the graph."""
+    """Calibration inputs as an N x 3 x H x W float32 array (N <= count), `size` = (H, W) of the graph.
+
+    holdout_of=k: instead, frames the k-frame calibration of the same source did not use.
+    """
     prep = _preprocess_fn()
-    frames = read_calibration_images(path, count)
+    frames = read_calibration_images(path, count, holdout_of)
     return np.stack([prep(f, tuple(size), mean, std) for f in frames]).astype(np.float32, copy=False)
 
 

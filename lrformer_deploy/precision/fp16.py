@@ -119,11 +119,29 @@ def _elem_types(model) -> dict[str, int]:
     return types
 
 
-def measure_tensor_stats(model_or_path, inputs: Iterable[np.ndarray] | np.ndarray) -> dict[str, TensorStats]:
+def _tensor_bytes(model) -> dict[str, int]:
+    """Bytes per float32 tensor from the inferred static shapes (unknown dims count as 1)."""
+    sizes = {}
+    for vi in list(model.graph.value_info) + list(model.graph.output):
+        dims = vi.type.tensor_type.shape.dim
+        n = 1
+        for d in dims:
+            n *= d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1
+        sizes[vi.name] = 4 * n
+    return sizes
+
+
+def measure_tensor_stats(
+    model_or_path,
+    inputs: Iterable[np.ndarray] | np.ndarray,
+    max_bytes_per_run: int = 1 << 30,
+) -> dict[str, TensorStats]:
     """Run the FP32 graph on each input (ORT CPU) with every float tensor exposed; stats per tensor.
 
     `inputs`: N x C x H x W array (or iterable of batches) fed as the graph's single input, one
-    graph batch at a time. Initializers (weights) are measured too.
+    graph batch at a time. Initializers (weights) are measured too. Large graphs are measured in
+    several runs per input, each fetching at most `max_bytes_per_run` of intermediates, so memory
+    stays bounded at 512x512+ resolutions (the graph is recomputed per group instead).
     """
     import onnx
     import onnxruntime as ort
@@ -139,7 +157,7 @@ def measure_tensor_stats(model_or_path, inputs: Iterable[np.ndarray] | np.ndarra
     measured = []
     for node in g.node:
         for out in node.output:
-            if out and types.get(out) == TensorProto.FLOAT and out not in init_names:
+            if out and types.get(out) == TensorProto.FLOAT and out not in init_names and out not in measured:
                 measured.append(out)
                 if out not in existing:
                     probe.graph.output.append(onnx.helper.make_tensor_value_info(out, TensorProto.FLOAT, None))
@@ -147,15 +165,25 @@ def measure_tensor_stats(model_or_path, inputs: Iterable[np.ndarray] | np.ndarra
     for init in g.initializer:
         if init.data_type == TensorProto.FLOAT:
             stats[init.name].update(numpy_helper.to_array(init))
+    sizes = _tensor_bytes(model)
+    groups, current, used = [], [], 0
+    for name in measured:
+        size = sizes.get(name, 0)
+        if current and used + size > max_bytes_per_run:
+            groups.append(current)
+            current, used = [], 0
+        current.append(name)
+        used += size
+    if current:
+        groups.append(current)
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     opts.log_severity_level = 3
     sess = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     in_meta = sess.get_inputs()[0]
-    names = [o.name for o in sess.get_outputs()]
     for batch in _batches(inputs, in_meta.shape):
-        for name, value in zip(names, sess.run(names, {in_meta.name: batch})):
-            if name in measured or (name in types and types[name] == TensorProto.FLOAT):
+        for names in groups:
+            for name, value in zip(names, sess.run(names, {in_meta.name: batch})):
                 if isinstance(value, np.ndarray) and value.dtype == np.float32:
                     stats[name].update(value)
     return dict(stats)

@@ -1,0 +1,116 @@
+"""One call for the export CLI: FP32 graph -> FP16 or INT8 graph + the manifest's precision_details.
+
+    details = make_precision_graph("out/NAME.onnx", "fp16", calib="frames/")          # NAME-fp16.onnx
+    details = make_precision_graph("out/NAME.onnx", "int8", calib="clip.mp4", calib_count=64)
+
+Inputs: `calib` is a folder of images or a video file. The graph is converted/calibrated on
+`calib_count` frames sampled evenly; its accuracy is then checked on `check_count` OTHER frames of the
+same source (midpoints between calibration frames) so the check is not done on the data that set the
+ranges; a source too short to hold frames back is checked on the calibration frames (recorded).
+Without `calib`, FP16 measures on procedural synthetic scenes (lrformer_deploy.synthetic) and says so;
+INT8 requires real calibration data.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ..errors import UserError
+from .accuracy import DEFAULT_MIN_AGREEMENT, AccuracyBelowThreshold, accuracy_report
+from .calibration import DEFAULT_MEAN, DEFAULT_STD, _preprocess_fn, load_calibration_frames
+from .fp16 import convert_fp16
+from .int8 import quantize_int8
+
+PRECISIONS = ("fp16", "int8")
+
+
+def output_path(fp32_onnx: str | Path, precision: str) -> Path:
+    """NAME.onnx -> NAME-fp16.onnx / NAME-int8.onnx (the contract's file names)."""
+    p = Path(fp32_onnx)
+    return p.with_name(f"{p.stem}-{precision}.onnx")
+
+
+def _graph_size(fp32_onnx: Path) -> tuple[int, int]:
+    import onnx
+
+    model = onnx.load(str(fp32_onnx), load_external_data=False)
+    inits = {i.name for i in model.graph.initializer}
+    inp = [i for i in model.graph.input if i.name not in inits][0]
+    dims = [d.dim_value for d in inp.type.tensor_type.shape.dim]
+    if len(dims) != 4 or dims[2] <= 0 or dims[3] <= 0:
+        raise UserError(f"{fp32_onnx.name}: the input has no static H, W.")
+    return dims[2], dims[3]
+
+
+def _synthetic_frames(count: int, size, mean, std) -> np.ndarray:
+    from ..synthetic import generate_scene
+
+    prep = _preprocess_fn()
+    return np.stack([prep(generate_scene(1000 + i, (max(size[0], 32), max(size[1], 32)))[0], size, mean, std)
+                     for i in range(count)])
+
+
+def make_precision_graph(
+    fp32_onnx: str | Path,
+    precision: str,
+    *,
+    calib: str | Path | None = None,
+    calib_count: int = 32,
+    calib_method: str = "entropy",
+    check_count: int = 8,
+    out_onnx: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    mean: Sequence[float] = DEFAULT_MEAN,
+    std: Sequence[float] = DEFAULT_STD,
+    min_agreement: float | None = None,
+) -> dict:
+    """Write NAME-fp16.onnx or NAME-int8.onnx beside `fp32_onnx`; return the precision_details dict.
+
+    Raises UserError (AccuracyBelowThreshold, with `.report` and `.details`) when mask agreement with
+    FP32 is under min_agreement (default DEFAULT_MIN_AGREEMENT[precision]); the graph file is left in
+    place for inspection.
+    """
+    fp32_onnx = Path(fp32_onnx)
+    if precision not in PRECISIONS:
+        raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}.")
+    if not fp32_onnx.is_file():
+        raise UserError(f"FP32 ONNX {fp32_onnx} does not exist.")
+    out = Path(out_onnx) if out_onnx is not None else output_path(fp32_onnx, precision)
+    size = _graph_size(fp32_onnx)
+    threshold = DEFAULT_MIN_AGREEMENT[precision] if min_agreement is None else float(min_agreement)
+
+    if calib is None:
+        if precision == "int8":
+            raise UserError("INT8 needs calibration data: pass --calib with a folder of images or a video.")
+        frames = _synthetic_frames(calib_count + check_count, size, mean, std)
+        calib_frames, check_frames = frames[:calib_count], frames[calib_count:]
+        data = {"source": "synthetic procedural scenes (no --calib given)", "calibration_frames": calib_count,
+                "check_frames": check_count, "check_held_back": True}
+    else:
+        calib_frames = None if precision == "int8" else load_calibration_frames(calib, calib_count, size, mean, std)
+        held_back = True
+        try:
+            check_frames = load_calibration_frames(calib, check_count, size, mean, std, holdout_of=calib_count)
+        except UserError:  # too few frames to hold any back
+            held_back = False
+            check_frames = load_calibration_frames(calib, min(check_count, calib_count), size, mean, std)
+        data = {"source": str(calib), "calibration_frames": calib_count, "check_frames": int(len(check_frames)),
+                "check_held_back": held_back}
+
+    if precision == "fp16":
+        conversion = convert_fp16(fp32_onnx, out, calib_frames)
+    else:
+        conversion = quantize_int8(fp32_onnx, out, calib, count=calib_count, method=calib_method,
+                                   cache_dir=cache_dir, size=size, mean=mean, std=std)
+    details = {"precision": precision, "data": data, "conversion": conversion}
+    details["onnx"] = out.name
+    try:
+        details["accuracy"] = accuracy_report(fp32_onnx, out, check_frames, precision=precision,
+                                              min_agreement=threshold)
+    except AccuracyBelowThreshold as exc:
+        details["accuracy"] = exc.report
+        exc.details = details  # the CLI may still record what was measured
+        raise
+    return details
