@@ -1,0 +1,245 @@
+"""Model -> static ONNX graph, checked against PyTorch with ONNX Runtime, plus its manifest.
+
+Every LRSA grid is a Python integer computed from the export resolution, pooling is AveragePool or
+constant pooling matrices, so the graph holds no data-dependent indexing (no Gather/ScatterND/Where/
+Loop/If, no Shape arithmetic). That is what lets TensorRT build it without plugins or surprises.
+"""
+from __future__ import annotations
+
+import collections
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import manifest as mf
+from .datasets import DatasetPreset
+from .errors import UserError
+from .grids import head_grids, stage_grids
+from .model import LRFormerSegmentor, MaskHead
+
+# Ops whose presence would mean something data-dependent slipped into the graph.
+FORBIDDEN_OPS = frozenset({"Gather", "GatherND", "GatherElements", "ScatterND", "ScatterElements",
+                           "Where", "Loop", "If", "Shape", "NonZero", "Range"})
+MIN_OPSET = 17
+HEADS = ("mask", "logits")
+
+
+@dataclass
+class ExportResult:
+    onnx_path: Path
+    manifest_path: Path
+    manifest: dict
+    op_counts: dict = field(default_factory=dict)
+    export_seconds: float = 0.0
+
+
+def default_name(variant: str, dataset: str | None, size: tuple[int, int], batch: int = 1) -> str:
+    name = f"lrformer-{variant.lower()}-{dataset or 'custom'}-{size[0]}x{size[1]}"
+    return name + (f"-b{batch}" if batch != 1 else "")
+
+
+def check_export_size(size: tuple[int, int], batch: int = 1) -> None:
+    h, w = size
+    if h <= 0 or w <= 0:
+        raise UserError(f"size {h}x{w} must be positive")
+    if h % 32 or w % 32:
+        raise UserError(f"size {h}x{w} must be a multiple of 32 on both sides (the encoder downsamples by 32)")
+    if batch <= 0:
+        raise UserError(f"batch {batch} must be at least 1")
+
+
+def op_counts(model_proto) -> dict[str, int]:
+    return dict(collections.Counter(n.op_type for n in model_proto.graph.node).most_common())
+
+
+def check_static_graph(model_proto) -> None:
+    """Raise if the graph has data-dependent ops or a non-static input/output shape."""
+    bad = sorted({n.op_type for n in model_proto.graph.node} & FORBIDDEN_OPS)
+    if bad:
+        raise RuntimeError(f"exported graph is not static: it contains {', '.join(bad)}")
+    for v in list(model_proto.graph.input) + list(model_proto.graph.output):
+        dims = v.type.tensor_type.shape.dim
+        if any(not d.HasField("dim_value") for d in dims):
+            raise RuntimeError(f"graph {v.name} has a symbolic dimension")
+
+
+def verification_input(size: tuple[int, int], batch: int, dataset: DatasetPreset, seed: int = 0) -> np.ndarray:
+    """A deterministic smooth colour image per batch item, through the runtime's own preprocessing."""
+    import cv2
+
+    from .runtime.preprocess import preprocess_image
+
+    rng = np.random.default_rng(seed)
+    frames = []
+    for _ in range(batch):
+        small = rng.integers(0, 256, size=(size[0] // 16, size[1] // 16, 3), dtype=np.uint8)
+        bgr = cv2.resize(small, (size[1], size[0]), interpolation=cv2.INTER_CUBIC)
+        x, _ = preprocess_image(bgr, size, dataset.mean, dataset.std, "RGB", "stretch")
+        frames.append(x)
+    return np.concatenate(frames, axis=0).astype(np.float32)
+
+
+def _pre_argmax_tensor(model_proto) -> str | None:
+    """Name of the stride-8 logits inside a mask graph (input of the Resize feeding ArgMax)."""
+    producers = {o: n for n in model_proto.graph.node for o in n.output}
+    node = next((n for n in model_proto.graph.node if n.op_type == "ArgMax"), None)
+    while node is not None and node.op_type != "Resize":
+        node = producers.get(node.input[0])
+    return node.input[0] if node is not None else None
+
+
+def verify_with_onnxruntime(onnx_path: Path, torch_model: LRFormerSegmentor, x: np.ndarray,
+                            head: str) -> dict:
+    """Run the graph in ONNX Runtime and the PyTorch model (eager, adaptive pooling) on the same input.
+
+    Logits are compared even for a mask graph: the stride-8 logits inside it are exposed as an extra
+    output of an in-memory copy, so the check measures the numerics and not only the argmax.
+    """
+    import onnx
+    import onnxruntime as ort
+
+    proto = onnx.load(str(onnx_path))
+    out_name = proto.graph.output[0].name
+    fetch = [out_name]
+    if head == "mask":
+        inner = _pre_argmax_tensor(proto)
+        if inner is None:
+            raise RuntimeError("mask graph has no Resize -> ArgMax tail")
+        proto.graph.output.append(onnx.helper.make_empty_tensor_value_info(inner))
+        fetch.append(inner)
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    outs = sess.run(fetch, {proto.graph.input[0].name: x})
+    ort_logits = outs[-1]
+
+    with torch.no_grad():
+        ref_logits = torch_model(torch.from_numpy(x))
+        ref_mask = MaskHead(torch_model)(torch.from_numpy(x)).numpy() if head == "mask" else None
+    ref_logits = ref_logits.numpy()
+    if ort_logits.shape != ref_logits.shape:
+        raise RuntimeError(f"ONNX logits shape {ort_logits.shape} != PyTorch {ref_logits.shape}")
+    diff = float(np.abs(ort_logits - ref_logits).max())
+    report = {"backend": "onnxruntime-cpu", "reference": "pytorch-eager-fp32", "input": "seeded smooth image",
+              "logits_max_abs_diff": diff, "logits_max_abs": float(np.abs(ref_logits).max())}
+    if head == "mask":
+        report["mask_agreement"] = float((outs[0] == ref_mask).mean())
+    return report
+
+
+def export_onnx(model: LRFormerSegmentor, out_dir: str | os.PathLike, name: str | None = None, *,
+                size: tuple[int, int] = (512, 512), batch: int = 1, opset: int = 17, head: str = "mask",
+                dataset: DatasetPreset | None = None, variant: str | None = None,
+                verify: bool = True, tolerance: float = 1e-4, checkpoint_sha256: str | None = None,
+                quiet: bool = False) -> ExportResult:
+    """Export `model` at a fixed size and batch; write NAME.onnx and NAME.json into out_dir."""
+    import onnx
+
+    check_export_size(size, batch)
+    if head not in HEADS:
+        raise UserError(f"--head must be one of {', '.join(HEADS)}, not {head!r}")
+    if opset < MIN_OPSET:
+        raise UserError(f"opset {opset} is too old: LayerNormalization needs opset >= {MIN_OPSET}")
+    variant = variant or model.cfg.name
+    name = name or default_name(variant, dataset.name if dataset else None, size, batch)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    onnx_path = out_dir / f"{name}.onnx"
+
+    model = model.eval()
+    model.set_static(True)
+    wrapped = MaskHead(model) if head == "mask" else model
+    x = torch.zeros(batch, 3, *size)
+    t0 = time.perf_counter()
+    tmp = onnx_path.with_name(onnx_path.name + ".tmp")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(wrapped, (x,), dynamo=True, opset_version=opset,
+                                        input_names=["image"], output_names=[head], verbose=False)
+        program.save(str(tmp), external_data=False)
+        proto = onnx.load(str(tmp))
+        check_static_graph(proto)
+        onnx.checker.check_model(proto)
+        os.replace(tmp, onnx_path)
+    finally:
+        model.set_static(False)
+        if tmp.exists():
+            tmp.unlink()
+    seconds = time.perf_counter() - t0
+
+    if dataset is not None and dataset.num_classes != model.num_classes:
+        dataset = None
+    manifest = build_manifest(name, onnx_path, model, variant, dataset, size, batch, opset, head, proto)
+    manifest["export"] = {"seconds": round(seconds, 2), "nodes": len(proto.graph.node), "op_counts": op_counts(proto)}
+    if checkpoint_sha256:
+        manifest["model"]["checkpoint_sha256"] = checkpoint_sha256
+    if verify:
+        preset = dataset or _fallback_preset(model.num_classes)
+        report = verify_with_onnxruntime(onnx_path, model, verification_input(size, batch, preset), head)
+        limit = tolerance * max(1.0, report["logits_max_abs"])
+        report["tolerance"] = limit
+        report["passed"] = report["logits_max_abs_diff"] <= limit
+        manifest["verification"] = report
+        if not quiet:
+            extra = f", mask agreement {report['mask_agreement']:.6f}" if "mask_agreement" in report else ""
+            print(f"check: ONNX Runtime vs PyTorch max abs diff {report['logits_max_abs_diff']:.3g} "
+                  f"(tolerance {limit:.3g}){extra}")
+        if not report["passed"]:
+            raise RuntimeError(f"ONNX Runtime output differs from PyTorch by {report['logits_max_abs_diff']:.3g} "
+                               f"(> {limit:.3g}); the graph at {onnx_path} is not trustworthy")
+    manifest_path = mf.write_manifest(mf.manifest_path_for(onnx_path), manifest)
+    return ExportResult(onnx_path, manifest_path, manifest, manifest["export"]["op_counts"], seconds)
+
+
+def _fallback_preset(num_classes: int) -> DatasetPreset:
+    from .datasets import IMAGENET_MEAN, IMAGENET_STD
+
+    return DatasetPreset("custom", num_classes, tuple(f"class {i}" for i in range(num_classes)),
+                         tuple(_fallback_palette(num_classes)), IMAGENET_MEAN, IMAGENET_STD)
+
+
+def _fallback_palette(n: int) -> list[tuple[int, int, int]]:
+    rng = np.random.default_rng(12345)
+    return [tuple(int(c) for c in rng.integers(0, 256, 3)) for _ in range(n)]
+
+
+def build_manifest(name: str, onnx_path: Path, model: LRFormerSegmentor, variant: str,
+                   dataset: DatasetPreset | None, size: tuple[int, int], batch: int, opset: int,
+                   head: str, proto) -> dict:
+    preset = dataset or _fallback_preset(model.num_classes)
+    h, w = size
+    if head == "mask":
+        output = {"name": "mask", "kind": "mask", "shape": [batch, h, w], "dtype": "int32", "stride": 1,
+                  "meaning": "class id per input pixel: stride-8 logits upsampled bilinearly "
+                             "(align_corners=False) to the input size, then argmax over classes"}
+    else:
+        output = {"name": "logits", "kind": "logits", "shape": [batch, model.num_classes, h // 8, w // 8],
+                  "dtype": "float32", "stride": 8,
+                  "meaning": "decoder scores per class at stride 8 (before softmax); upsample bilinearly "
+                             "to the image size, then argmax"}
+    return {
+        "format": mf.FORMAT,
+        "schema_version": mf.SCHEMA_VERSION,
+        "name": name,
+        "model": {"variant": variant, "num_classes": model.num_classes,
+                  "dataset": dataset.name if dataset else None,
+                  "class_names": list(preset.class_names), "palette": [list(c) for c in preset.palette]},
+        "input": {"name": "image", "shape": [batch, 3, h, w], "layout": "NCHW", "dtype": "float32",
+                  "color_order": "RGB", "mean": list(preset.mean), "std": list(preset.std),
+                  "scale": "RGB pixels on the 0..255 scale, then (x - mean) / std",
+                  "resize": "stretch to the input size (the runtime also offers keep-ratio padding)"},
+        "output": output,
+        "precision": "fp32",
+        "opset": opset,
+        "artifacts": {"onnx": mf.artifact_record(onnx_path, onnx_path.parent)},
+        "grids": {"backbone": stage_grids(h, w, model.cfg.query_target),
+                  "head": head_grids(h, w, model.cfg.head_query_target)},
+        "tools": mf.tool_versions(),
+        "created": mf.now_iso(),
+    }
