@@ -55,21 +55,23 @@ def gpu_info() -> dict:
     smi = shutil.which("nvidia-smi")
     if smi is None:
         raise EngineUnavailable("no NVIDIA GPU found (nvidia-smi is not installed)")
-    try:
-        out = subprocess.run(
-            [smi, "--query-gpu=name,compute_cap,driver_version,memory.total", "--format=csv,noheader"],
-            capture_output=True, text=True, timeout=20, check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise EngineUnavailable(f"nvidia-smi failed: {exc}") from exc
-    lines = [ln for ln in out.stdout.splitlines() if ln.strip()]
-    if out.returncode != 0 or not lines:
+    # Older drivers do not know the compute_cap field: ask again without it before giving up.
+    for fields_asked in ("name,compute_cap,driver_version,memory.total", "name,driver_version,memory.total"):
+        try:
+            out = subprocess.run([smi, f"--query-gpu={fields_asked}", "--format=csv,noheader"],
+                                 capture_output=True, text=True, timeout=20, check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise EngineUnavailable(f"nvidia-smi failed: {exc}") from exc
+        lines = [ln for ln in out.stdout.splitlines() if ln.strip()]
+        if out.returncode == 0 and lines:
+            break
+    else:
         msg = (out.stderr or out.stdout).strip().splitlines()
         raise EngineUnavailable(f"no usable NVIDIA GPU ({msg[0] if msg else 'nvidia-smi returned nothing'})")
-    fields = [f.strip() for f in lines[0].split(",")]
-    fields += [""] * (4 - len(fields))
-    return {"name": fields[0], "compute_capability": fields[1], "driver": fields[2], "memory": fields[3],
-            "count": len(lines)}
+    values = [f.strip() for f in lines[0].split(",")]
+    info = dict(zip(fields_asked.split(","), values))
+    return {"name": info.get("name", ""), "compute_capability": info.get("compute_cap", "unknown"),
+            "driver": info.get("driver_version", ""), "memory": info.get("memory.total", ""), "count": len(lines)}
 
 
 def _import_tensorrt():

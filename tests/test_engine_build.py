@@ -78,3 +78,31 @@ def test_build_strongly_typed_engine_and_reuse_timing_cache(toy_fp16):
     second = build_engine(toy_fp16, workspace_gib=1)
     assert second["build_options"]["timing_cache_reused"]
     assert first["tensorrt"] and first["gpu"] and first["compute_capability"]
+
+
+def test_gpu_info_parses_nvidia_smi_and_falls_back_for_old_drivers(monkeypatch):
+    import subprocess
+
+    calls = []
+
+    def fake_run(cmd, **kwargs):
+        calls.append(cmd[1])
+        if "compute_cap" in cmd[1]:
+            return subprocess.CompletedProcess(cmd, 2, "", 'Field "compute_cap" is not a valid field to query.')
+        return subprocess.CompletedProcess(cmd, 0, "NVIDIA H200, 560.35.03, 143771 MiB\n", "")
+
+    monkeypatch.setattr(engine_build.shutil, "which", lambda name: "/usr/bin/nvidia-smi")
+    monkeypatch.setattr(engine_build.subprocess, "run", fake_run)
+    info = gpu_info()
+    assert info["name"] == "NVIDIA H200" and info["driver"] == "560.35.03"
+    assert info["compute_capability"] == "unknown" and len(calls) == 2
+
+
+def test_gpu_info_with_no_device(monkeypatch):
+    import subprocess
+
+    monkeypatch.setattr(engine_build.shutil, "which", lambda name: "/usr/bin/nvidia-smi")
+    monkeypatch.setattr(engine_build.subprocess, "run", lambda cmd, **kw: subprocess.CompletedProcess(
+        cmd, 9, "", "NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver."))
+    with pytest.raises(EngineUnavailable, match="no usable NVIDIA GPU"):
+        gpu_info()

@@ -190,6 +190,7 @@ def test_int8_qdq_follows_the_tensorrt_contract(int8):
         if n.op_type in ("LayerNormalization", "Softmax", "Resize", "ArgMax"):
             assert producer.get(n.input[0]) is None or producer[n.input[0]].op_type != "DequantizeLinear"
     assert record["graph"]["quantized_ops"].get("Conv") == 4
+    assert {o.domain for o in model.opset_import} <= {"", "ai.onnx"}
     # attention products stay float by default
     assert {k["node"] for k in record["kept_float"]} == {"qk", "pv"}
 

@@ -347,6 +347,14 @@ def quantize_int8(
             os.replace(tmp_cache, cache_path)
 
     qmodel = onnx.load(str(out_onnx))
+    # ORT's optimizer declares its private domains (com.microsoft, ...); no node uses them here, and
+    # other consumers (TensorRT's parser) should not see them.
+    used = {n.domain or "" for n in qmodel.graph.node} | {""}
+    if any(o.domain not in used for o in qmodel.opset_import):
+        keep = [o for o in qmodel.opset_import if o.domain in used]
+        del qmodel.opset_import[:]
+        qmodel.opset_import.extend(keep)
+        onnx.save(qmodel, str(out_onnx))
     onnx.checker.check_model(str(out_onnx), full_check=True)
     qdq = check_qdq(qmodel)
     opts = ort.SessionOptions()
