@@ -113,12 +113,26 @@ def test_tall_keep_ratio_mask_and_stretch():
     np.testing.assert_array_equal(mask_to_frame(checker, stretch, 2), checker[1::2, 1::2])
 
 
+def smooth_logits(rng: np.random.Generator, classes: int, size: int) -> np.ndarray:
+    """Spatially smooth scores, like a real segmentation head: few classes compete inside a cell."""
+    coarse = rng.normal(size=(classes, 3, 3)) * 3
+    t = np.linspace(0, 2, size)
+    # Bilinear blow-up of a 3x3 grid: separable, written out to keep the reference independent of cv2.
+    i0 = np.minimum(np.floor(t).astype(int), 1)
+    f = t - i0
+    rows = coarse[:, i0, :] * (1 - f)[None, :, None] + coarse[:, i0 + 1, :] * f[None, :, None]
+    return (rows[:, :, i0] * (1 - f) + rows[:, :, i0 + 1] * f).astype(np.float32)
+
+
+@pytest.mark.parametrize("kind", ["noise", "smooth"])
 @pytest.mark.parametrize("resize", ["stretch", "keep-ratio"])
-def test_logits_upsampled_bilinearly_to_the_frame_then_argmax(resize):
+def test_logits_upsampled_bilinearly_to_the_frame_then_argmax(resize, kind):
     rng = np.random.default_rng(0)
-    frame_size, input_size = (90, 200), (64, 64)
+    frame_size, input_size = (90, 200), (96, 96)
     geo = compute_geometry(frame_size, input_size, resize)
-    logits = rng.normal(size=(40, 8, 8)).astype(np.float32)  # 40 classes: more than one chunk
+    # Noise: every cell has many possible winners (full scoring); smooth: the candidate-pruned path.
+    logits = (rng.normal(size=(40, 12, 12)).astype(np.float32) if kind == "noise"
+              else smooth_logits(rng, 40, 12))
     got = logits_to_frame(logits, geo)
     ch, cw = geo.content_size
     ref = bilinear_reference(logits.astype(np.float64), *frame_size, src_h=ch / 8, src_w=cw / 8)

@@ -179,6 +179,10 @@ def run_pipeline(segmenter: Any, source: Source, outputs: Outputs, options: Pipe
     result = PipelineResult()
     stats = result.stats
     stop = threading.Event()
+    # The main thread waits on this event, never on Thread.join: a Ctrl-C that lands inside join() can
+    # make CPython mark a still-running thread as finished (the bpo-45274 cleanup), so the writer would
+    # be abandoned before it releases the video file.
+    writer_done = threading.Event()
     errors: list[BaseException] = []
     batch_size = segmenter.batch_size
     to_infer: queue.Queue = queue.Queue(maxsize=options.queue_size)
@@ -274,7 +278,10 @@ def run_pipeline(segmenter: Any, source: Source, outputs: Outputs, options: Pipe
         except BaseException as exc:  # noqa: BLE001
             fail(exc)
         finally:
-            outputs.close()  # the video trailer gets written even when interrupted
+            try:
+                outputs.close()  # the video trailer gets written even when interrupted
+            finally:
+                writer_done.set()
 
     if options.show:
         _open_window()
@@ -286,8 +293,7 @@ def run_pipeline(segmenter: Any, source: Source, outputs: Outputs, options: Pipe
     for t in threads:
         t.start()
     try:
-        while threads[2].is_alive():
-            threads[2].join(timeout=0.05)
+        while not writer_done.wait(timeout=0.05):
             progress.update(result.frames)
             if options.show and display[0] is not None:
                 if _show(display[0]):
@@ -296,15 +302,17 @@ def run_pipeline(segmenter: Any, source: Source, outputs: Outputs, options: Pipe
     except KeyboardInterrupt as exc:
         result.interrupted = True
         stop.set()
-        threads[2].join()  # let the writer release the file
+        writer_done.wait()  # let the writer release the file
         result.wall_s = time.perf_counter() - start
         progress.finish(result.frames)
         exc.result = result  # type: ignore[attr-defined]
         raise
     finally:
         stop.set()
+        writer_done.wait()
         for t in threads:
-            t.join(timeout=5.0)
+            # Workers see `stop` within ~0.1 s; an inference call in flight finishes first.
+            t.join(timeout=30.0)
         source.close()
     result.wall_s = time.perf_counter() - start
     progress.finish(result.frames)

@@ -10,17 +10,12 @@ Masks come back as uint8 (uint16 when a model has more than 256 classes) so they
 """
 from __future__ import annotations
 
-import cv2
 import numpy as np
 
 from lrformer_deploy.runtime.preprocess import Geometry
 
-# Classes are upsampled in chunks: this bounds the memory of the full-resolution score planes
-# (chunk x frame pixels x 4 bytes) and keeps cv2 on its exact paths: cv2.resize is exact for any
-# channel count, but cv2.warpAffine (needed for keep-ratio's fractional crop) only for up to 4 channels
-# (wider images take a lower-precision path in OpenCV 5), so warps are done 4 channels at a time.
-_LOGIT_CHUNK = 32
-_WARP_CHANNELS = 4
+# Mixed-corner pixels are scored in chunks to bound memory (pixels x classes x 4 bytes).
+_PIXEL_CHUNK = 65536
 
 
 def mask_dtype(num_classes: int) -> np.dtype:
@@ -57,41 +52,84 @@ def logits_affine(geo: Geometry, logits_size: tuple[int, int]) -> np.ndarray:
     return np.array([[ax, 0.0, 0.5 * ax - 0.5], [0.0, ay, 0.5 * ay - 0.5]], dtype=np.float64)
 
 
-def logits_to_frame(logits: np.ndarray, geo: Geometry) -> np.ndarray:
-    """C x h_l x w_l scores -> class ids at the frame size (bilinear upsampling, then argmax)."""
+def _taps(frame_len: int, scale: float, offset: float, grid_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each frame pixel: the two neighbouring grid cells and the weight of the second one."""
+    pos = np.arange(frame_len, dtype=np.float64) * scale + offset
+    pos = np.clip(pos, 0.0, grid_len - 1)  # align_corners=False clamps at the borders
+    lo = np.floor(pos).astype(np.intp)
+    hi = np.minimum(lo + 1, grid_len - 1)
+    return lo, hi, (pos - lo).astype(np.float32)
+
+
+def _cell_candidates(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per grid cell (top-left node y, x): up to k classes that can win anywhere inside the cell.
+
+    Inside a cell the score of class c is a convex combination of its four corner values, so it lies
+    between min and max over the corners. A class whose corner max is below the best corner min of some
+    other class can never win there. Returns (candidates lh x lw x k, fits lh x lw bool) where `fits`
+    is False for cells with more than k possible winners (those are scored over all classes).
+    """
+    c, lh, lw = logits.shape
+    down = np.concatenate([logits[:, 1:], logits[:, -1:]], axis=1)
+    right = np.concatenate([logits[:, :, 1:], logits[:, :, -1:]], axis=2)
+    diag = np.concatenate([down[:, :, 1:], down[:, :, -1:]], axis=2)
+    corner_max = np.maximum(np.maximum(logits, down), np.maximum(right, diag))
+    corner_min = np.minimum(np.minimum(logits, down), np.minimum(right, diag))
+    floor = corner_min.max(axis=0)
+    possible = corner_max >= floor[None]
+    fits = possible.sum(axis=0) <= k
+    kk = min(k, c)
+    order = np.argpartition(-corner_max, kk - 1, axis=0)[:kk] if kk < c else np.broadcast_to(
+        np.arange(c)[:, None, None], (c, lh, lw))
+    return np.moveaxis(order, 0, -1).astype(np.intp), fits
+
+
+def logits_to_frame(logits: np.ndarray, geo: Geometry, max_candidates: int = 8) -> np.ndarray:
+    """C x h_l x w_l scores -> class ids at the frame size: bilinear upsampling, then argmax.
+
+    Exact, without materialising C full-resolution planes: a frame pixel's score vector is a convex
+    combination of its four neighbouring grid cells, so where all four cells have the same argmax,
+    that class wins the interpolated argmax too. Only pixels whose four cells disagree (class
+    boundaries) are scored, and only over the few classes that can win in their cell.
+    """
     if logits.ndim != 3:
         raise ValueError(f"expected C x H x W logits, got shape {logits.shape}")
-    num_classes = logits.shape[0]
+    logits = np.asarray(logits, dtype=np.float32)
+    num_classes, lh, lw = logits.shape
     h, w = geo.frame_size
-    matrix = logits_affine(geo, logits.shape[1:])
-    hwc = np.ascontiguousarray(np.moveaxis(logits.astype(np.float32, copy=False), 0, -1))
-    stretch = geo.content_size == geo.input_size
-    best_score = None
-    best_class = np.zeros((h, w), dtype=mask_dtype(num_classes))
-    for start in range(0, num_classes, _LOGIT_CHUNK):
-        chunk = hwc[:, :, start:start + _LOGIT_CHUNK]
-        n = chunk.shape[2]
-        if stretch:
-            # Whole grid -> whole frame: cv2.resize's mapping is exactly the affine one above.
-            up = cv2.resize(np.ascontiguousarray(chunk), (w, h), interpolation=cv2.INTER_LINEAR)
-        else:
-            up = np.empty((h, w, n), dtype=np.float32)
-            for sub in range(0, n, _WARP_CHANNELS):
-                part = cv2.warpAffine(np.ascontiguousarray(chunk[:, :, sub:sub + _WARP_CHANNELS]), matrix, (w, h),
-                                      flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
-                up[:, :, sub:sub + _WARP_CHANNELS] = part.reshape(h, w, -1)
-        if up.ndim == 2:
-            up = up[:, :, None]
-        arg = up.argmax(axis=2)
-        score = np.take_along_axis(up, arg[:, :, None], axis=2)[:, :, 0]
-        if best_score is None:
-            best_score, best_class[:] = score, arg
-        else:
-            # Strictly greater: ties keep the lower class id, as a single argmax would.
-            better = score > best_score
-            best_score = np.where(better, score, best_score)
-            best_class[better] = (arg[better] + start)
-    return best_class
+    matrix = logits_affine(geo, (lh, lw))
+    y0, y1, wy = _taps(h, matrix[1, 1], matrix[1, 2], lh)
+    x0, x1, wx = _taps(w, matrix[0, 0], matrix[0, 2], lw)
+    cell_class = logits.argmax(axis=0).astype(mask_dtype(num_classes))
+    c00 = cell_class[y0[:, None], x0[None, :]]
+    agree = c00 == cell_class[y0[:, None], x1[None, :]]
+    agree &= c00 == cell_class[y1[:, None], x0[None, :]]
+    agree &= c00 == cell_class[y1[:, None], x1[None, :]]
+    out = c00
+    rows, cols = np.nonzero(~agree)
+    if not rows.size:
+        return out
+    flat = np.ascontiguousarray(logits.reshape(num_classes, lh * lw).T)  # (nodes, C)
+    candidates, fits = _cell_candidates(logits, max_candidates)
+    for start in range(0, rows.size, _PIXEL_CHUNK):
+        r, c = rows[start:start + _PIXEL_CHUNK], cols[start:start + _PIXEL_CHUNK]
+        ya, yb, fy = y0[r], y1[r], wy[r][:, None]
+        xa, xb, fx = x0[c], x1[c], wx[c][:, None]
+        nodes = (ya * lw + xa, ya * lw + xb, yb * lw + xa, yb * lw + xb)
+        few = fits[ya, xa]
+        if few.any():
+            cand = candidates[ya[few], xa[few]]  # (m, k) class ids
+            v = [flat[n[few][:, None], cand] for n in nodes]
+            gx, gy = fx[few], fy[few]
+            score = (v[0] * (1 - gx) + v[1] * gx) * (1 - gy) + (v[2] * (1 - gx) + v[3] * gx) * gy
+            out[r[few], c[few]] = np.take_along_axis(cand, score.argmax(axis=1)[:, None], axis=1)[:, 0]
+        many = ~few
+        if many.any():
+            v = [flat[n[many]] for n in nodes]
+            gx, gy = fx[many], fy[many]
+            score = (v[0] * (1 - gx) + v[1] * gx) * (1 - gy) + (v[2] * (1 - gx) + v[3] * gx) * gy
+            out[r[many], c[many]] = score.argmax(axis=1)
+    return out
 
 
 class Postprocessor:
