@@ -7,6 +7,9 @@ Loop/If, no Shape arithmetic). That is what lets TensorRT build it without plugi
 from __future__ import annotations
 
 import collections
+import contextlib
+import io
+import logging
 import os
 import time
 import warnings
@@ -51,6 +54,24 @@ def check_export_size(size: tuple[int, int], batch: int = 1) -> None:
         raise UserError(f"size {h}x{w} must be a multiple of 32 on both sides (the encoder downsamples by 32)")
     if batch <= 0:
         raise UserError(f"batch {batch} must be at least 1")
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    """The exporter narrates every step and warns about optional packages (torchvision); a user of
+    lrformer-export wants one line per artifact, so that chatter is swallowed unless it fails."""
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._export", "onnxscript")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+                contextlib.redirect_stderr(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, lv in zip(loggers, levels):
+            lg.setLevel(lv)
 
 
 def op_counts(model_proto) -> dict[str, int]:
@@ -158,8 +179,7 @@ def export_onnx(model: LRFormerSegmentor, out_dir: str | os.PathLike, name: str 
     t0 = time.perf_counter()
     tmp = onnx_path.with_name(onnx_path.name + ".tmp")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with _quiet_exporter():
             program = torch.onnx.export(wrapped, (x,), dynamo=True, opset_version=opset,
                                         input_names=["image"], output_names=[head], verbose=False)
         program.save(str(tmp), external_data=False)

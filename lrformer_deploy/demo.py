@@ -1,0 +1,57 @@
+"""The project's demo model: a small LRFormer trained on synthetic scenes, shipped as package data.
+
+`default_model()` returns an ONNX graph of it, exporting the checkpoint once into a cache folder
+(needs torch the first time; later runs need only ONNX Runtime). The cache is keyed by the
+checkpoint's sha256, so a retrained checkpoint is re-exported automatically.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from .errors import UserError
+
+CHECKPOINT = Path(__file__).with_name("weights") / "lrformer-demo-synthetic.pth"
+PRESET = {"dataset": "synthetic", "size": (256, 448), "head": "mask"}
+NAME = "lrformer-demo-synthetic-256x448"
+
+
+def cache_dir() -> Path:
+    """$LRFORMER_DEPLOY_CACHE, else ~/.cache/lrformer-deploy."""
+    env = os.environ.get("LRFORMER_DEPLOY_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "lrformer-deploy"
+
+
+def default_model(out_dir: str | os.PathLike | None = None) -> Path:
+    """Path to the demo model's FP32 ONNX graph (mask head, 256x448), exported on first use."""
+    from . import manifest as mf
+
+    if not CHECKPOINT.is_file():
+        raise UserError(f"the demo checkpoint is missing from the installation ({CHECKPOINT})")
+    out = Path(out_dir) if out_dir else cache_dir()
+    onnx_path = out / f"{NAME}.onnx"
+    want = mf.sha256_file(CHECKPOINT)
+    man_path = mf.manifest_path_for(onnx_path)
+    if onnx_path.is_file() and man_path.is_file():
+        try:
+            m = mf.load_manifest(man_path)
+            if (m["model"].get("checkpoint_sha256") == want
+                    and m["artifacts"]["onnx"]["sha256"] == mf.sha256_file(onnx_path)):
+                return onnx_path
+        except (UserError, KeyError):
+            pass  # stale or broken cache: export again
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise UserError("the demo model must be exported once, which needs torch "
+                        "(pip install torch, or pass --model with an exported .onnx)") from None
+    from .checkpoint import load_checkpoint
+    from .datasets import get_dataset
+    from .export_onnx import export_onnx
+
+    print(f"exporting the demo model to {onnx_path} (first use only)...", file=sys.stderr)
+    model = load_checkpoint(CHECKPOINT, verbose=False)
+    export_onnx(model, out, NAME, size=PRESET["size"], head=PRESET["head"],
+                dataset=get_dataset(PRESET["dataset"]), checkpoint_sha256=want, quiet=True)
+    return onnx_path
