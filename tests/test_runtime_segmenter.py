@@ -266,3 +266,26 @@ def test_tensorrt_rejects_an_engine_from_elsewhere(tmp_path):
     engine.write_bytes(b"\x00not an engine" * 100)
     with pytest.raises(UserError, match="could not load|TensorRT"):
         Segmenter(engine, backend="tensorrt")
+
+
+@pytest.mark.slow
+def test_checkpoint_runs_on_torch_and_through_in_memory_export(tmp_path):
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("lrformer_deploy.checkpoint")
+    from lrformer_deploy.model import build_model
+
+    torch.manual_seed(0)
+    model = build_model("demo", num_classes=19)
+    torch.save({"state_dict": model.state_dict(), "meta": {}}, tmp_path / "demo.pth")
+    frame = np.random.default_rng(0).integers(0, 255, (100, 150, 3), dtype=np.uint8)
+    eager = Segmenter(tmp_path / "demo.pth", backend="torch", input_size=(64, 96))
+    exported = Segmenter(tmp_path / "demo.pth", backend="auto", input_size=(64, 96))
+    assert eager.backend_name.startswith("torch") and exported.backend_name.startswith("onnxruntime")
+    a, b = eager(frame), exported(frame)
+    assert a.shape == b.shape == (100, 150)
+    assert eager.class_names[0] == "road"  # 19 classes -> the Cityscapes preset
+    # Same network; the paths differ only in where upsampling happens (host bilinear vs in-graph + nearest).
+    assert (a == b).mean() > 0.9
+    tmp_dir = exported._tmpdir
+    exported.close()
+    assert tmp_dir is not None and not tmp_dir.exists()

@@ -241,7 +241,7 @@ class Segmenter:
         from lrformer_deploy.runtime.backends.ort import OnnxRuntimeRunner
 
         self._tmpdir = Path(tempfile.mkdtemp(prefix="lrformer-infer-"))
-        kwargs: dict[str, Any] = {"size": size, "batch": 1, "head": "mask"}
+        kwargs: dict[str, Any] = {"size": size, "batch": 1, "head": "mask", "quiet": True}
         preset = _dataset_for(model)
         if preset is not None:
             kwargs["dataset"] = preset
@@ -273,7 +273,7 @@ class Segmenter:
             raise UserError(f"{path.name}: the manifest's output {spec.output_name!r} is not in the model "
                             f"(it has {', '.join(out_names)})")
         got = tuple(in_names[spec.input_name])
-        static = all(isinstance(d, int) for d in got)
+        static = all(isinstance(d, int) and d > 0 for d in got)
         if static and got != tuple(spec.input_shape):
             raise UserError(f"{path.name}: the model input is {list(got)} but its manifest says {list(spec.input_shape)}")
         return spec

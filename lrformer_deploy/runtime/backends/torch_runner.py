@@ -30,7 +30,7 @@ def load_checkpoint_model(checkpoint: str | Path) -> Any:
         from lrformer_deploy.checkpoint import load_checkpoint
     except ImportError as exc:
         raise UserError(f"cannot load checkpoints: lrformer_deploy.checkpoint is unavailable ({exc})") from None
-    return load_checkpoint(str(checkpoint))
+    return load_checkpoint(str(checkpoint), verbose=False)
 
 
 class TorchRunner(Runner):

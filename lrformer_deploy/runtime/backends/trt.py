@@ -287,19 +287,30 @@ class TensorRTRunner(Runner):
             self.context = engine.create_execution_context()
             self.inputs: dict[str, tuple[tuple[int, ...], np.dtype, int]] = {}
             self.outputs: dict[str, tuple[tuple[int, ...], np.dtype, int, np.ndarray]] = {}
-            for i in range(engine.num_io_tensors):
-                name = engine.get_tensor_name(i)
+            names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+            is_input = {n: engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT for n in names}
+            self.dynamic = False
+            # Shapes as the engine declares them (-1 for dynamic dims), for io_info().
+            self.declared = {n: tuple(int(d) for d in engine.get_tensor_shape(n)) for n in names}
+            for name in (n for n in names if is_input[n]):
                 shape = tuple(int(d) for d in engine.get_tensor_shape(name))
-                dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(name)))
                 if any(d < 0 for d in shape):
-                    raise UserError(f"{self.engine_path.name}: tensor {name} has a dynamic shape {shape}; "
-                                    "this runtime expects engines built from static-shape graphs")
+                    # Engines built with a batch profile: buffers for the profile's largest shape,
+                    # which is also bound by default (set_input_shape again per call).
+                    shape = tuple(int(d) for d in engine.get_tensor_profile_shape(name, 0)[2])
+                    self.context.set_input_shape(name, shape)
+                    self.dynamic = True
+                dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(name)))
                 ptr = self.mem.alloc(int(np.prod(shape)) * dtype.itemsize)
                 self.context.set_tensor_address(name, ptr)
-                if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
-                    self.inputs[name] = (shape, dtype, ptr)
-                else:
-                    self.outputs[name] = (shape, dtype, ptr, self.mem.pinned(shape, dtype))
+                self.inputs[name] = (shape, dtype, ptr)
+            for name in (n for n in names if not is_input[n]):
+                # With every input shape set, the context knows the (largest) output shapes.
+                shape = tuple(int(d) for d in self.context.get_tensor_shape(name))
+                dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(name)))
+                ptr = self.mem.alloc(int(np.prod(shape)) * dtype.itemsize)
+                self.context.set_tensor_address(name, ptr)
+                self.outputs[name] = (shape, dtype, ptr, self.mem.pinned(shape, dtype))
             self.stream = self.user_stream if self.user_stream is not None else self.mem.new_stream()
         finally:
             self.mem.pop()
@@ -315,8 +326,7 @@ class TensorRTRunner(Runner):
             self.mem.pop()
 
     def io_info(self) -> tuple[list[tuple[str, tuple]], list[tuple[str, tuple]]]:
-        return ([(n, s) for n, (s, _, _) in self.inputs.items()],
-                [(n, s) for n, (s, _, _, _) in self.outputs.items()])
+        return ([(n, self.declared[n]) for n in self.inputs], [(n, self.declared[n]) for n in self.outputs])
 
     def _handle(self) -> tuple[int, Any]:
         """(raw stream handle for TensorRT, stream object usable for our copies or None)."""
@@ -347,7 +357,11 @@ class TensorRTRunner(Runner):
                     continue
                 host = np.ascontiguousarray(value, dtype=dtype)
                 if host.shape != shape:
-                    raise UserError(f"input {name} has shape {host.shape}; the engine wants {shape}")
+                    fits = self.dynamic and host.ndim == len(shape) and all(a <= b for a, b in zip(host.shape, shape))
+                    if not fits:
+                        raise UserError(f"input {name} has shape {host.shape}; the engine wants {shape}")
+                if self.dynamic:
+                    self.context.set_input_shape(name, host.shape)
                 self.context.set_tensor_address(name, ptr)
                 self.mem.htod(ptr, host, copy_stream)
             if own_copies:
@@ -356,10 +370,16 @@ class TensorRTRunner(Runner):
                 raise RuntimeError(f"TensorRT execute_async_v3 failed for {self.engine_path.name}")
             if own_copies:
                 self._sync_handle(handle)
-            for _, (_, _, ptr, host) in self.outputs.items():
+            results = {}
+            for name, (_, _, ptr, host) in self.outputs.items():
+                if self.dynamic:
+                    # Only the leading part of the buffer holds this call's (smaller) output.
+                    shape = tuple(int(d) for d in self.context.get_tensor_shape(name))
+                    host = host.reshape(-1)[: int(np.prod(shape))].reshape(shape)
                 self.mem.dtoh(host, ptr, copy_stream)
+                results[name] = host
             self.mem.synchronize(copy_stream)
-            return {name: host.copy() for name, (_, _, _, host) in self.outputs.items()}
+            return {name: host.copy() for name, host in results.items()}
         finally:
             self.mem.pop()
 
