@@ -8,7 +8,6 @@ from __future__ import annotations
 import pickle
 import re
 import sys
-import zipfile
 from collections import OrderedDict
 from pathlib import Path
 
@@ -39,7 +38,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             raise UserError(f"{path} holds Python objects other than tensors and plain containers; "
                             f"refusing to unpickle them (re-save it with only the state_dict): {first}") from None
         raise UserError(f"{path} is not a PyTorch checkpoint ({first})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+    except Exception as exc:  # the unpickler fails in many ways on non-checkpoints (KeyError, EOFError, ...)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"{path} is not a readable PyTorch checkpoint ({first})") from None
 

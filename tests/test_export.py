@@ -1,0 +1,142 @@
+"""Static ONNX export: ONNX Runtime equals PyTorch, the graph is static, the manifest is complete."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from lrformer_deploy.checkpoint import load_checkpoint
+from lrformer_deploy.datasets import get_dataset
+from lrformer_deploy.export_onnx import FORBIDDEN_OPS, export_onnx
+from lrformer_deploy.manifest import sha256_file, validate_manifest
+from ckpt_factory import randomized_model, write_official_checkpoint
+
+REPO_ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def t_checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ckpt") / "lrformer_t_ade20k.pth"
+    return write_official_checkpoint(path, randomized_model("T", 150, seed=1), aux_head=True)
+
+
+def _run(onnx_path, x):
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    return sess.run(None, {"image": x})[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("size,batch", [((512, 512), 1), ((512, 1024), 1), ((480, 640), 1), ((256, 256), 1),
+                                        ((256, 256), 2)])
+def test_t_checkpoint_round_trip_logits(tmp_path, t_checkpoint, size, batch):
+    """Official-layout checkpoint -> load -> export -> ORT logits == PyTorch logits (max abs <= 5e-5)."""
+    model = load_checkpoint(t_checkpoint)
+    res = export_onnx(model, tmp_path, size=size, batch=batch, head="logits", dataset=get_dataset("ade20k"),
+                      quiet=True)
+    x = torch.randn(batch, 3, *size, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        ref = model(x).numpy()
+    got = _run(res.onnx_path, x.numpy())
+    assert got.shape == (batch, 150, size[0] // 8, size[1] // 8)
+    assert float(np.abs(got - ref).max()) <= 5e-5
+    assert res.manifest["verification"]["logits_max_abs_diff"] <= 5e-5
+
+    proto = onnx.load(str(res.onnx_path))
+    ops = {n.op_type for n in proto.graph.node}
+    assert not ops & FORBIDDEN_OPS
+    assert "LayerNormalization" in ops
+    grouped = [n for n in proto.graph.node if n.op_type == "Conv"
+               and any(a.name == "group" and a.i > 1 for a in n.attribute)]
+    # every depthwise conv stays a grouped Conv: per backbone block cpe, mlp.conv and the stage's 4 shared
+    # d_convs (applied in each block); cpe and mlp.conv in each of the 2 head blocks
+    n_blocks = sum(model.cfg.depths)
+    assert len(grouped) == 6 * n_blocks + 2 * 2
+    if size == (512, 512):
+        assert len(proto.graph.node) < 1100   # the plain export of the official code has ~3,200
+
+
+def test_mask_head_is_argmax_of_upsampled_logits(tmp_path):
+    model = randomized_model("demo", 6, seed=2)
+    res = export_onnx(model, tmp_path, "m", size=(128, 192), head="mask", dataset=get_dataset("synthetic"),
+                      quiet=True)
+    x = torch.randn(1, 3, 128, 192, generator=torch.Generator().manual_seed(0))
+    mask = _run(res.onnx_path, x.numpy())
+    assert mask.dtype == np.int32 and mask.shape == (1, 128, 192)
+    with torch.no_grad():
+        up = torch.nn.functional.interpolate(model(x), size=(128, 192), mode="bilinear", align_corners=False)
+    assert (mask == up.argmax(1).numpy()).mean() > 0.999
+    assert res.manifest["verification"]["mask_agreement"] > 0.999
+
+
+def test_manifest_is_complete_and_valid(tmp_path):
+    model = randomized_model("demo", 6, seed=4)
+    res = export_onnx(model, tmp_path, size=(64, 96), head="mask", dataset=get_dataset("synthetic"), quiet=True)
+    m = json.loads(res.manifest_path.read_text())
+    validate_manifest(m)
+    assert res.manifest_path.name == "lrformer-demo-synthetic-64x96.json"
+    assert m["artifacts"]["onnx"]["sha256"] == sha256_file(res.onnx_path)
+    assert m["input"] == {**m["input"], "name": "image", "shape": [1, 3, 64, 96], "color_order": "RGB"}
+    assert m["output"]["name"] == "mask" and m["output"]["dtype"] == "int32"
+    assert m["model"]["class_names"][1] == "disc" and len(m["model"]["palette"]) == 6
+    assert m["precision"] == "fp32" and m["opset"] == 17
+    assert {"torch", "onnx", "onnxruntime"} <= set(m["tools"])
+    assert m["grids"]["backbone"][3]["query"] == [16, 24]
+
+
+def _cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "lrformer_deploy.cli.export", *args], capture_output=True,
+                          text=True, cwd=cwd, timeout=300)
+
+
+def test_cli_exports_checkpoint_and_skips_engine(tmp_path):
+    ckpt = write_official_checkpoint(tmp_path / "demo.pth", randomized_model("demo", 6, seed=5))
+    r = _cli("--ckpt", str(ckpt), "--size", "64x64", "--output-dir", str(tmp_path / "out"), "--name", "d")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "out" / "d.onnx").is_file() and (tmp_path / "out" / "d.json").is_file()
+    assert "max abs diff" in r.stdout
+    if "engine step skipped" in r.stderr:   # no TensorRT here: one line, still exit 0
+        assert len([ln for ln in r.stderr.splitlines() if "engine step skipped" in ln]) == 1
+    r = _cli("--ckpt", str(ckpt), "--size", "64x64", "--output-dir", str(tmp_path / "out"), "--engine")
+    if "engine step skipped" not in r.stderr and r.returncode != 0:
+        assert "--engine was demanded" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("make,args,needle", [
+    (None, ["--ckpt", "{tmp}/missing.pth"], "not found"),
+    ("text", ["--ckpt", "{tmp}/x.pth"], "not"),
+    ("demo", ["--ckpt", "{tmp}/x.pth", "--variant", "T"], "not LRFormer-T"),
+    ("demo", ["--ckpt", "{tmp}/x.pth", "--size", "100x100"], "multiple of 32"),
+    ("demo", ["--ckpt", "{tmp}/x.pth", "--size", "0x64"], "positive"),
+    ("demo", ["--ckpt", "{tmp}/x.pth", "--size=-64x64"], "positive"),
+    ("demo", ["--ckpt", "{tmp}/x.pth", "--batch", "0"], "batch"),
+    ("demo", ["--ckpt", "{tmp}/x.pth", "--int8"], "--calib"),
+    (None, [], "--ckpt"),
+])
+def test_cli_bad_input_is_one_line(tmp_path, make, args, needle):
+    ckpt = tmp_path / "x.pth"
+    if make == "text":
+        ckpt.write_text("this is not a checkpoint\n")
+    elif make == "demo":
+        write_official_checkpoint(ckpt, randomized_model("demo", 6))
+    r = _cli(*[a.format(tmp=tmp_path) for a in args], "--output-dir", str(tmp_path / "o"))
+    assert r.returncode != 0
+    assert "Traceback" not in r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], r.stderr
+    assert not list((tmp_path / "o").glob("*.onnx")) if (tmp_path / "o").exists() else True
+
+
+def test_info_json_matches_reference_figures():
+    r = subprocess.run([sys.executable, "-m", "lrformer_deploy.cli.info", "--variant", "T", "--json"],
+                       capture_output=True, text=True, timeout=120)
+    info = json.loads(r.stdout)
+    assert info["params"] == 13264894 and round(info["gmacs"], 1) == 16.5
+    r = subprocess.run([sys.executable, "-m", "lrformer_deploy.cli.info", "--size", "0x0"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and r.stderr.startswith("error:") and "Traceback" not in r.stderr
