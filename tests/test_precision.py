@@ -320,3 +320,8 @@ def test_measurement_in_groups_matches_one_run(toy, frames):
     for name in one:
         assert one[name].max_abs == pytest.approx(grouped[name].max_abs)
         assert one[name].rel_err == pytest.approx(grouped[name].rel_err)
+
+
+def test_int8_keeps_stdout_clean(toy, frames, tmp_path, capfd):
+    quantize_int8(toy, tmp_path / "q.onnx", frames, count=2, method="percentile")
+    assert capfd.readouterr().out == ""  # `lrformer-export --json` prints JSON on stdout

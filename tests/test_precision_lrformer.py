@@ -30,7 +30,7 @@ def demo_onnx(tmp_path_factory):
         export_onnx = None
     if export_onnx is not None:
         result = export_onnx(model, folder, "demo", size=SIZE, head="mask", dataset=get_dataset("synthetic"),
-                             variant="demo")
+                             variant="demo", quiet=True)
         return result.onnx_path
     model.set_static(True)
     path = folder / "demo.onnx"

@@ -20,7 +20,9 @@ calibration entirely.
 from __future__ import annotations
 
 import collections
+import contextlib
 import hashlib
+import io
 import json
 import os
 import tempfile
@@ -164,8 +166,11 @@ def _calibrate(model_path: Path, reader, method: str, percentile: float, entropy
         augmented_model_path=str(out_json.with_name("augmented.onnx")),
         calibrate_method=calib_method, extra_options=options,
     )
-    calibrator.collect_data(reader)
-    save_tensors_data(calibrator.compute_data(), out_json)
+    # ORT's calibrators print progress with print(); keep stdout clean for `lrformer-export --json`.
+    with contextlib.redirect_stdout(io.StringIO()):
+        calibrator.collect_data(reader)
+        ranges = calibrator.compute_data()
+    save_tensors_data(ranges, out_json)
     del calibrator
 
 
