@@ -17,7 +17,6 @@ Without TensorRT or a GPU, build_engine raises EngineUnavailable(reason): the ex
 """
 from __future__ import annotations
 
-import hashlib
 import shutil
 import subprocess
 import time
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .errors import UserError
+from .manifest import sha256_file
 
 
 class EngineUnavailable(RuntimeError):
@@ -37,14 +37,6 @@ class EngineUnavailable(RuntimeError):
 
 class EngineBuildError(UserError):
     """TensorRT is present but rejected the graph or returned no engine."""
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def gpu_info() -> dict:
@@ -173,7 +165,7 @@ def build_engine(
                for i in range(network.num_outputs)]
     return {
         "file": engine_path.name,
-        "sha256": _sha256(engine_path),
+        "sha256": sha256_file(engine_path),
         "bytes": engine_path.stat().st_size,
         "tensorrt": trt.__version__,
         "gpu": gpu["name"],

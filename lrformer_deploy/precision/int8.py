@@ -33,6 +33,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from ..errors import UserError
+from ..manifest import sha256_file
 from .calibration import DEFAULT_MEAN, DEFAULT_STD, load_calibration_frames, source_fingerprint
 
 METHODS = ("entropy", "percentile", "minmax")
@@ -41,15 +42,7 @@ CACHE_FORMAT = "lrformer-deploy-int8-calibration"
 CACHE_VERSION = 1
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def graph_sha256(path: Path) -> str:
+def graphsha256_file(path: Path) -> str:
     """sha256 of the .onnx plus every external-data file it references (the weights may live there)."""
     import onnx
     from onnx.external_data_helper import _get_all_tensors, uses_external_data
@@ -60,12 +53,12 @@ def graph_sha256(path: Path) -> str:
         for entry in t.external_data if entry.key == "location"
     })
     if not locations:
-        return _sha256(path)
-    h = hashlib.sha256(_sha256(path).encode())
+        return sha256_file(path)
+    h = hashlib.sha256(sha256_file(path).encode())
     for loc in locations:
         data = path.parent / loc
         h.update(loc.encode())
-        h.update(_sha256(data).encode() if data.is_file() else b"missing")
+        h.update(sha256_file(data).encode() if data.is_file() else b"missing")
     return h.hexdigest()
 
 
@@ -267,7 +260,7 @@ def quantize_int8(
 
     fingerprint = source_fingerprint(calib_source)
     key_parts = {
-        "fp32_onnx_sha256": graph_sha256(fp32_onnx), "source": fingerprint, "method": method, "count": int(count),
+        "fp32_onnx_sha256": graphsha256_file(fp32_onnx), "source": fingerprint, "method": method, "count": int(count),
         "size": list(size), "mean": [float(m) for m in mean], "std": [float(s) for s in std],
         "percentile": percentile if method == "percentile" else None, "pre_process": pre_process,
         "entropy_bins": entropy_bins if method == "entropy" else None,
