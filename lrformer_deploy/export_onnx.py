@@ -219,14 +219,10 @@ def export_onnx(model: LRFormerSegmentor, out_dir: str | os.PathLike, name: str 
 
 def _fallback_preset(num_classes: int) -> DatasetPreset:
     from .datasets import IMAGENET_MEAN, IMAGENET_STD
+    from .runtime.spec import default_palette
 
     return DatasetPreset("custom", num_classes, tuple(f"class {i}" for i in range(num_classes)),
-                         tuple(_fallback_palette(num_classes)), IMAGENET_MEAN, IMAGENET_STD)
-
-
-def _fallback_palette(n: int) -> list[tuple[int, int, int]]:
-    rng = np.random.default_rng(12345)
-    return [tuple(int(c) for c in rng.integers(0, 256, 3)) for _ in range(n)]
+                         default_palette(num_classes), IMAGENET_MEAN, IMAGENET_STD)
 
 
 def build_manifest(name: str, onnx_path: Path, model: LRFormerSegmentor, variant: str,

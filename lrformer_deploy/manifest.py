@@ -59,17 +59,23 @@ def write_manifest(path: str | os.PathLike, manifest: dict) -> Path:
 
 
 def load_manifest(path: str | os.PathLike) -> dict:
+    """Load a manifest, turning every way it can be broken into one clear UserError."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"manifest not found: {path}")
     try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path} is not valid JSON ({exc})") from None
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"manifest not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read manifest {path}: {exc.__class__.__name__}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path} is not valid JSON (line {exc.lineno}: {exc.msg})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise UserError(f"{path} is not an lrformer-deploy manifest (format field missing or different)")
-    if data.get("schema_version", 0) > SCHEMA_VERSION:
-        raise UserError(f"{path} has manifest schema {data['schema_version']}; this version reads up to {SCHEMA_VERSION}")
+        raise UserError(f"{path} is not an lrformer-deploy manifest (missing \"format\": \"{FORMAT}\")")
+    if not isinstance(data.get("schema_version", 1), int) or data.get("schema_version", 1) > SCHEMA_VERSION:
+        raise UserError(f"{path} has manifest schema {data.get('schema_version')!r}; "
+                        f"this version reads up to {SCHEMA_VERSION}")
     return data
 
 

@@ -16,16 +16,8 @@ import os
 import sys
 from pathlib import Path
 
+from lrformer_deploy.cli.common import parse_size
 from lrformer_deploy.errors import UserError, cli_entry
-
-
-def _parse_size(text: str) -> tuple[int, int]:
-    try:
-        h, _, w = text.lower().partition("x")
-        size = (int(h), int(w or h))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected HxW, e.g. 512x512, got {text!r}") from None
-    return size
 
 
 def _opacity(text: str) -> float:
@@ -51,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto, cpu, cuda, cuda:N; with onnxruntime also 'tensorrt' (its TensorRT provider)")
     p.add_argument("--resize", default="stretch", choices=("stretch", "keep-ratio"),
                    help="fit frames to the model input by stretching, or keep the aspect ratio and pad")
-    p.add_argument("--input-size", type=_parse_size, default=None, metavar="HxW",
+    p.add_argument("--input-size", type=parse_size, default=None, metavar="HxW",
                    help="model input size for .pth checkpoints (default 512x512)")
     p.add_argument("--output", "-o", help="overlay output: a file (image/video) or, for folders, a folder")
     p.add_argument("--no-overlay", action="store_true", help="do not write overlay images/videos")

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from lrformer_deploy.errors import UserError
+from lrformer_deploy.manifest import FORMAT
+from lrformer_deploy.manifest import load_manifest as read_manifest
 
-MANIFEST_FORMAT = "lrformer-deploy-manifest"
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
 
@@ -68,23 +69,6 @@ def default_palette(n: int) -> tuple[tuple[int, int, int], ...]:
             cid >>= 3
         colours.append((r, g, b))
     return tuple(colours)
-
-
-def read_manifest(path: Path) -> dict[str, Any]:
-    """Load a manifest JSON, turning every way it can be broken into one clear UserError."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"manifest not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"cannot read manifest {path}: {exc.__class__.__name__}") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path} is not valid JSON (line {exc.lineno}: {exc.msg})") from None
-    if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
-        raise UserError(f"{path} is not an lrformer-deploy manifest (missing \"format\": \"{MANIFEST_FORMAT}\")")
-    return data
 
 
 def _shape(values: Any, where: Path, what: str) -> tuple[int, ...]:
@@ -183,7 +167,7 @@ def find_manifest(model_path: Path) -> Path | None:
             data = json.loads(candidate.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue
-        if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
             continue
         for record in (data.get("artifacts") or {}).values():
             if isinstance(record, dict) and record.get("file") == model_path.name:
