@@ -94,6 +94,19 @@ class ChannelLayerNorm(nn.LayerNorm):
         return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
+class GELU(nn.GELU):
+    """Exact (erf) GELU. In static mode it is written as x * 0.5 * (1 + erf(x / sqrt 2)): the same
+    function, in the operation order ONNX Runtime's Gelu fusion recognises (the exporter's own
+    decomposition multiplies in another order and stays five separate ops)."""
+
+    static = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.static:
+            return x * 0.5 * (1.0 + torch.erf(x / 1.4142135623730951))
+        return super().forward(x)
+
+
 def _dwconv(c: int) -> nn.Conv2d:
     return nn.Conv2d(c, c, 3, 1, 1, groups=c)
 
@@ -165,7 +178,7 @@ class InvertedResidualMLP(nn.Module):
     def __init__(self, dim: int, hidden: int):
         super().__init__()
         self.fc1 = nn.Conv2d(dim, hidden, 1)
-        self.act = nn.GELU()
+        self.act = GELU()
         self.conv = _dwconv(hidden)
         self.fc2 = nn.Conv2d(hidden, dim, 1)
 
@@ -218,9 +231,9 @@ class Stem(nn.Module):
         super().__init__()
         half = out_chans // 2
         self.conv1 = nn.Sequential(
-            nn.Conv2d(3, half, 3, 2, 1), nn.BatchNorm2d(half), nn.GELU(),
-            nn.Conv2d(half, half, 3, 1, 1), nn.BatchNorm2d(half), nn.GELU(),
-            nn.Conv2d(half, out_chans, 3, 2, 1), nn.BatchNorm2d(out_chans), nn.GELU(),
+            nn.Conv2d(3, half, 3, 2, 1), nn.BatchNorm2d(half), GELU(),
+            nn.Conv2d(half, half, 3, 1, 1), nn.BatchNorm2d(half), GELU(),
+            nn.Conv2d(half, out_chans, 3, 2, 1), nn.BatchNorm2d(out_chans), GELU(),
             nn.Conv2d(out_chans, out_chans, 3, 1, 1),
         )
         self.norm = ChannelLayerNorm(out_chans, eps=1e-6)
@@ -326,7 +339,7 @@ class LRFormerSegmentor(nn.Module):
     def set_static(self, static: bool = True) -> "LRFormerSegmentor":
         """Static pooling (AveragePool / constant MatMul) for export; eager uses adaptive_avg_pool2d."""
         for m in self.modules():
-            if isinstance(m, LowResolutionAttention):
+            if isinstance(m, (LowResolutionAttention, GELU)):
                 m.static = static
         return self
 

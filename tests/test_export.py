@@ -72,6 +72,10 @@ def test_mask_head_is_argmax_of_upsampled_logits(tmp_path):
         up = torch.nn.functional.interpolate(model(x), size=(128, 192), mode="bilinear", align_corners=False)
     assert (mask == up.argmax(1).numpy()).mean() > 0.999
     assert res.manifest["verification"]["mask_agreement"] > 0.999
+    # the tail runs channels-last so ArgMax reduces over contiguous memory
+    tail = [n for n in onnx.load(str(res.onnx_path)).graph.node][-4:]
+    assert [n.op_type for n in tail] == ["Transpose", "Resize", "ArgMax", "Cast"]
+    assert next(a.i for a in tail[2].attribute if a.name == "axis") == 3
 
 
 def test_manifest_is_complete_and_valid(tmp_path):

@@ -74,7 +74,9 @@ def compare_points(model) -> dict:
     src, resize = _through_casts(producer, pre)
     logits = resize.input[0] if resize is not None and resize.op_type == "Resize" else src
     logits, _ = _through_casts(producer, logits)
-    return {"head": "mask", "logits": logits, "pre_argmax": pre, "mask": "mask"}
+    # The exporter's tail is channels-last (ArgMax over axis 3), other graphs may reduce axis 1.
+    class_axis = next((a.i for a in argmax.attribute if a.name == "axis"), 0)
+    return {"head": "mask", "logits": logits, "pre_argmax": pre, "mask": "mask", "class_axis": class_axis}
 
 
 def _tensor_names(model) -> set[str]:
@@ -148,7 +150,7 @@ def accuracy_report(
         per_frame_err.append(np.sqrt(d2 / r2) if r2 > 0 else 0.0)
         if points["head"] == "mask":
             m_ref, m_test = ref_out["mask"], test_out["mask"]
-            scores = np.asarray(ref_out[points["pre_argmax"]], np.float32)
+            scores = np.moveaxis(np.asarray(ref_out[points["pre_argmax"]], np.float32), points["class_axis"], 1)
         else:  # logits head: the class decision at the logits' own stride
             m_ref, m_test = b.argmax(axis=1), a.argmax(axis=1)
             scores = b.astype(np.float32)
