@@ -74,6 +74,8 @@ class OnnxRuntimeRunner(Runner):
         threads = self.intra_op_threads or int(os.environ.get("LRFORMER_ORT_THREADS", "0") or 0)
         if threads:
             options.intra_op_num_threads = threads
+        if os.environ.get("LRFORMER_ORT_SPIN") == "0":
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.log_severity_level = 3  # errors only: keep the CLI's stderr to our own lines
         if not self.onnx_path.is_file():
             raise UserError(f"model file not found: {self.onnx_path}")
