@@ -2,11 +2,17 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 
 
 class UserError(Exception):
     """A problem with the user's input (file, flag, model). The CLIs print it as one line, exit 2."""
+
+
+# Optional packages a command may need, and the extra that installs them.
+_EXTRAS = {"torch": "export", "onnx": "export", "onnxscript": "export", "onnxruntime": "cpu] or [gpu",
+           "tensorrt": "tensorrt", "pycuda": "gpu", "jsonschema": "test"}
 
 
 def cli_entry(func):
@@ -19,8 +25,19 @@ def cli_entry(func):
         except UserError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
+        except ModuleNotFoundError as exc:
+            root = (exc.name or "").split(".")[0]
+            if root not in _EXTRAS:
+                raise
+            print(f"error: this command needs the {root} package: pip install 'lrformer-deploy[{_EXTRAS[root]}]'",
+                  file=sys.stderr)
+            return 2
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             return 130
+        except BrokenPipeError:
+            # The reader went away (`... | head`): stop quietly, and keep Python from complaining at exit.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
 
     return wrapper
