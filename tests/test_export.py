@@ -144,3 +144,17 @@ def test_info_json_matches_reference_figures():
     r = subprocess.run([sys.executable, "-m", "lrformer_deploy.cli.info", "--size", "0x0"],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and r.stderr.startswith("error:") and "Traceback" not in r.stderr
+
+
+def test_cli_int8_below_agreement_threshold_is_an_error(tmp_path, shared_video):
+    """A reduced-precision graph below --min-agreement fails the export with one line (the graph stays for
+    inspection); random weights without the flag only report agreement."""
+    ckpt = write_official_checkpoint(tmp_path / "demo.pth", randomized_model("demo", 6, seed=5))
+    r = _cli("--ckpt", str(ckpt), "--size", "64x64", "--output-dir", str(tmp_path / "o"), "--no-engine",
+             "--int8", "--calib", str(shared_video), "--calib-count", "4", "--min-agreement", "1.01")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("error:")
+    r = _cli("--variant", "demo", "--num-classes", "6", "--size", "64x64", "--output-dir", str(tmp_path / "r"),
+             "--no-engine", "--int8", "--calib", str(shared_video), "--calib-count", "4")
+    assert r.returncode == 0, r.stderr
+    assert "not enforced" in r.stderr and (tmp_path / "r" / "lrformer-demo-synthetic-64x64-int8.json").is_file()
