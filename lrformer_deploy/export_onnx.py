@@ -32,6 +32,10 @@ MIN_OPSET = 17
 HEADS = ("mask", "logits")
 
 
+class VerificationFailed(UserError):
+    """ONNX Runtime and PyTorch disagree on the exported graph: the artifact must not be used."""
+
+
 @dataclass
 class ExportResult:
     onnx_path: Path
@@ -263,7 +267,7 @@ def export_onnx(model: LRFormerSegmentor, out_dir: str | os.PathLike, name: str 
             print(f"check: ONNX Runtime vs PyTorch max abs diff {report['logits_max_abs_diff']:.3g} "
                   f"(tolerance {limit:.3g}){extra}")
         if not report["passed"]:
-            raise RuntimeError(f"ONNX Runtime output differs from PyTorch by {report['logits_max_abs_diff']:.3g} "
+            raise VerificationFailed(f"ONNX Runtime output differs from PyTorch by {report['logits_max_abs_diff']:.3g} "
                                f"(> {limit:.3g}); the graph at {onnx_path} is not trustworthy")
     manifest_path = mf.write_manifest(mf.manifest_path_for(onnx_path), manifest)
     return ExportResult(onnx_path, manifest_path, manifest, manifest["export"]["op_counts"], seconds)

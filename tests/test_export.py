@@ -158,3 +158,20 @@ def test_cli_int8_below_agreement_threshold_is_an_error(tmp_path, shared_video):
              "--no-engine", "--int8", "--calib", str(shared_video), "--calib-count", "4")
     assert r.returncode == 0, r.stderr
     assert "not enforced" in r.stderr and (tmp_path / "r" / "lrformer-demo-synthetic-64x64-int8.json").is_file()
+
+
+def test_failed_onnxruntime_check_is_an_error(tmp_path, monkeypatch):
+    """If ONNX Runtime disagrees with PyTorch the export fails (and the CLI prints one error line)."""
+    from lrformer_deploy import export_onnx as ex
+
+    real = ex.verify_with_onnxruntime
+
+    def skewed(*args, **kwargs):
+        report = real(*args, **kwargs)
+        report["logits_max_abs_diff"] = 1.0   # as if the graph computed something else
+        return report
+
+    monkeypatch.setattr(ex, "verify_with_onnxruntime", skewed)
+    with pytest.raises(ex.VerificationFailed, match="differs from PyTorch"):
+        export_onnx(randomized_model("demo", 6), tmp_path, "bad", size=(64, 64), quiet=True)
+    assert not (tmp_path / "bad.json").exists()   # no manifest vouches for an unverified graph
