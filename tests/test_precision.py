@@ -19,7 +19,8 @@ from lrformer_deploy.precision import (  # noqa: E402
     load_calibration_frames,
     quantize_int8,
 )
-from lrformer_deploy.precision.calibration import _preprocess, even_indices, read_calibration_images  # noqa: E402
+from lrformer_deploy.precision.calibration import even_indices, read_calibration_images  # noqa: E402
+from lrformer_deploy.runtime.preprocess import preprocess_image  # noqa: E402
 from lrformer_deploy.precision.toy import build_toy_segmenter  # noqa: E402
 
 SIZE = (64, 64)
@@ -39,7 +40,7 @@ def frames():
     out = []
     for _ in range(4):
         img = cv2.GaussianBlur(rng.integers(0, 256, (SIZE[0], SIZE[1], 3), dtype=np.uint8), (9, 9), 3)
-        out.append(_preprocess(img, SIZE, (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)))
+        out.append(preprocess_image(img, SIZE, (123.675, 116.28, 103.53), (58.395, 57.12, 57.375))[0][0])
     return np.stack(out)
 
 
@@ -269,7 +270,7 @@ def test_calibration_frames_from_video_match_shared_preprocessing(shared_video):
     assert len(raw) == 3 and raw[0].shape == (432, 768, 3)
     x = load_calibration_frames(shared_video, 3, (64, 96))
     mean, std = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)
-    ref = np.stack([_preprocess(f, (64, 96), mean, std) for f in raw])
+    ref = np.stack([preprocess_image(f, (64, 96), mean, std)[0][0] for f in raw])
     np.testing.assert_allclose(x, ref, atol=1e-5)
     assert not np.allclose(x[0], x[-1])  # first and last frame of the clip differ
 

@@ -23,33 +23,13 @@ DEFAULT_MEAN = (123.675, 116.28, 103.53)
 DEFAULT_STD = (58.395, 57.12, 57.375)
 
 
-def _preprocess(bgr: np.ndarray, size: tuple[int, int], mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """One BGR uint8 HxWx3 frame -> float32 3xHxW, normalised RGB at `size` = (H, W).
+def preprocessor(size: tuple[int, int], mean: Sequence[float], std: Sequence[float]):
+    """The runtime's own preprocessing (stretch to `size` = (H, W), BGR->RGB, (x-mean)/std, CHW), so
+    calibration sees exactly what inference feeds the graph."""
+    from ..runtime.preprocess import Preprocessor
 
-    Private stand-in for lrformer_deploy.runtime.preprocess (used instead when it is importable);
-    the two must stay identical: stretch resize with INTER_LINEAR, BGR->RGB, (x-mean)/std, CHW.
-    """
-    import cv2
-
-    h, w = size
-    resized = cv2.resize(bgr, (int(w), int(h)), interpolation=cv2.INTER_LINEAR)
-    rgb = cv2.cvtColor(resized, cv2.COLOR_BGR2RGB).astype(np.float32)
-    rgb = (rgb - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-    return np.ascontiguousarray(rgb.transpose(2, 0, 1))
-
-
-def _preprocess_fn():
-    """The runtime's shared preprocessing (one code path for calibration and inference); the private
-    fallback only when the runtime package cannot be imported."""
-    try:
-        from ..runtime.preprocess import Preprocessor  # noqa: PLC0415
-    except ImportError:
-        return _preprocess
-
-    def prep(bgr, size, mean, std):
-        return Preprocessor(tuple(size), tuple(mean), tuple(std), "RGB", "stretch")(bgr)[0]
-
-    return prep
+    prep = Preprocessor(tuple(size), tuple(mean), tuple(std), "RGB", "stretch")
+    return lambda bgr: prep(bgr)[0]
 
 
 def list_calibration_files(path: str | os.PathLike) -> tuple[str, list[Path]]:
@@ -164,9 +144,9 @@ def load_calibration_frames(
 
     holdout_of=k: instead, frames the k-frame calibration of the same source did not use.
     """
-    prep = _preprocess_fn()
+    prep = preprocessor(size, mean, std)
     frames = read_calibration_images(path, count, holdout_of)
-    return np.stack([prep(f, tuple(size), mean, std) for f in frames]).astype(np.float32, copy=False)
+    return np.stack([prep(f) for f in frames]).astype(np.float32, copy=False)
 
 
 def source_fingerprint(source: str | os.PathLike | np.ndarray) -> dict:

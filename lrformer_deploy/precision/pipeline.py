@@ -19,7 +19,7 @@ import numpy as np
 
 from ..errors import UserError
 from .accuracy import DEFAULT_MIN_AGREEMENT, AccuracyBelowThreshold, accuracy_report
-from .calibration import DEFAULT_MEAN, DEFAULT_STD, _preprocess_fn, load_calibration_frames
+from .calibration import DEFAULT_MEAN, DEFAULT_STD, load_calibration_frames, preprocessor
 from .fp16 import convert_fp16
 from .int8 import quantize_int8
 
@@ -47,8 +47,8 @@ def _graph_size(fp32_onnx: Path) -> tuple[int, int]:
 def _synthetic_frames(count: int, size, mean, std) -> np.ndarray:
     from ..synthetic import generate_scene
 
-    prep = _preprocess_fn()
-    return np.stack([prep(generate_scene(1000 + i, (max(size[0], 32), max(size[1], 32)))[0], size, mean, std)
+    prep = preprocessor(size, mean, std)
+    return np.stack([prep(generate_scene(1000 + i, (max(size[0], 32), max(size[1], 32)))[0])
                      for i in range(count)])
 
 
