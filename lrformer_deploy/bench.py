@@ -340,31 +340,16 @@ def torch_target(src: Source, device: str, threads: int, name: str | None = None
 
 def ort_target(onnx_path: Path, precision: str, device: str, threads: int, note: str = "",
                spin: bool = True) -> Target:
-    """ONNX Runtime through the runtime's own runner (what lrformer-infer runs), or, with spin=False, a
-    session whose idle intra-op threads sleep instead of spin-waiting (the runner has no hook for it)."""
+    """ONNX Runtime through the runtime's own runner (what lrformer-infer runs); spin=False lets its
+    idle intra-op threads sleep instead of spin-waiting."""
     from .runtime.backends.ort import OnnxRuntimeRunner
 
     dev = "cuda" if device.startswith("cuda") else "cpu"
     tgt = Target(f"ort-{precision}", "onnxruntime", precision, dev, note=note)
-    if spin:
-        runner = OnnxRuntimeRunner(onnx_path, device=dev, intra_op_threads=threads).activate()
-        (in_name, _), = runner.io_info()[0][:1]
-        tgt.run = lambda x: runner.infer({in_name: x})
-        tgt.close = runner.deactivate
-        return tgt
-    import onnxruntime as ort
-
-    from .runtime.backends.ort import providers_for_device
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = threads
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(onnx_path), sess_options=options, providers=providers_for_device(dev))
-    in_name = session.get_inputs()[0].name
-    tgt.run = lambda x: dict(zip([o.name for o in session.get_outputs()], session.run(None, {in_name: x})))
-    tgt.close = lambda: None
+    runner = OnnxRuntimeRunner(onnx_path, device=dev, intra_op_threads=threads, spin_wait=spin).activate()
+    (in_name, _), = runner.io_info()[0][:1]
+    tgt.run = lambda x: runner.infer({in_name: x})
+    tgt.close = runner.deactivate
     return tgt
 
 

@@ -125,6 +125,23 @@ def test_runner_is_a_context_manager(tiny_model):
     assert not runner.is_active and runner.session is None
 
 
+@pytest.mark.parametrize("spin_wait,env,expected", [(None, None, ""), (False, None, "0"), (None, "0", "0"),
+                                                    (True, "0", "")])
+def test_runner_spin_wait_reaches_the_session(tiny_model, monkeypatch, spin_wait, env, expected):
+    """spin_wait=False (or LRFORMER_ORT_SPIN=0 when not given) lets idle ORT threads sleep."""
+    if env is None:
+        monkeypatch.delenv("LRFORMER_ORT_SPIN", raising=False)
+    else:
+        monkeypatch.setenv("LRFORMER_ORT_SPIN", env)
+    with OnnxRuntimeRunner(tiny_model(size=(16, 16)), device="cpu", spin_wait=spin_wait) as runner:
+        options = runner.session.get_session_options()
+        try:
+            value = options.get_session_config_entry("session.intra_op.allow_spinning")
+        except RuntimeError:   # never set: ONNX Runtime's default, spinning
+            value = ""
+        assert value == expected
+
+
 def test_segmenter_is_safe_to_share_between_threads(tiny_model):
     seg = Segmenter(tiny_model(head="logits"))
     frames = [two_colour_frame(left=c) for c in (RED, GREEN, BLUE, RED)]

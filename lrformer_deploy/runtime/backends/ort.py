@@ -56,12 +56,14 @@ class OnnxRuntimeRunner(Runner):
     thread_safe = True
 
     def __init__(self, onnx_path: str | Path, device: str | None = None, providers: list[Any] | None = None,
-                 intra_op_threads: int | None = None) -> None:
+                 intra_op_threads: int | None = None, spin_wait: bool | None = None) -> None:
         super().__init__()
         self.onnx_path = Path(onnx_path)
         self.device = device
         self._providers = providers
         self.intra_op_threads = intra_op_threads
+        # Idle intra-op threads spin by default; sleeping is fairer on a CPU shared with other work.
+        self.spin_wait = spin_wait if spin_wait is not None else os.environ.get("LRFORMER_ORT_SPIN") != "0"
         self.session = None
         self.name = "onnxruntime"
 
@@ -74,7 +76,7 @@ class OnnxRuntimeRunner(Runner):
         threads = self.intra_op_threads or int(os.environ.get("LRFORMER_ORT_THREADS", "0") or 0)
         if threads:
             options.intra_op_num_threads = threads
-        if os.environ.get("LRFORMER_ORT_SPIN") == "0":
+        if not self.spin_wait:
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.log_severity_level = 3  # errors only: keep the CLI's stderr to our own lines
         if not self.onnx_path.is_file():
