@@ -247,7 +247,8 @@ def export_variant(variant: str, num_classes: int, size: tuple[int, int], batch:
 
 def resolve_source(model: str | None, variant: str | None, num_classes: int, size: tuple[int, int] | None,
                    batch: int | None, head: str, work_dir: Path) -> Source:
-    from .runtime.spec import IMAGENET_MEAN, IMAGENET_STD, resolve_model, spec_from_manifest, read_manifest
+    from . import manifest as mf
+    from .runtime.spec import IMAGENET_MEAN, IMAGENET_STD, resolve_model, spec_from_manifest
 
     if model is None and variant is None:
         raise UserError("give --model PATH (.onnx, .json, .engine or .pth) or --variant NAME with --size")
@@ -260,7 +261,7 @@ def resolve_source(model: str | None, variant: str | None, num_classes: int, siz
         size = size or (512, 512)
         batch = batch or 1
         onnx_path = export_variant(variant or "", num_classes, size, batch, head, work_dir, checkpoint=ckpt)
-        spec = spec_from_manifest(read_manifest(onnx_path.with_suffix(".json")), onnx_path.with_suffix(".json"))
+        spec = spec_from_manifest(mf.load_manifest(onnx_path.with_suffix(".json")), onnx_path.with_suffix(".json"))
         m = spec.manifest["model"]
         label = f"LRFormer-{m['variant']} ({'random weights' if ckpt is None else ckpt.name})"
         return Source(label=label, size=size, batch=batch, head=spec.output_kind, mean=spec.mean, std=spec.std,

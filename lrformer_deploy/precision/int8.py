@@ -42,7 +42,7 @@ CACHE_FORMAT = "lrformer-deploy-int8-calibration"
 CACHE_VERSION = 1
 
 
-def graphsha256_file(path: Path) -> str:
+def graph_sha256(path: Path) -> str:
     """sha256 of the .onnx plus every external-data file it references (the weights may live there)."""
     import onnx
     from onnx.external_data_helper import _get_all_tensors, uses_external_data
@@ -260,7 +260,7 @@ def quantize_int8(
 
     fingerprint = source_fingerprint(calib_source)
     key_parts = {
-        "fp32_onnx_sha256": graphsha256_file(fp32_onnx), "source": fingerprint, "method": method, "count": int(count),
+        "fp32_onnx_sha256": graph_sha256(fp32_onnx), "source": fingerprint, "method": method, "count": int(count),
         "size": list(size), "mean": [float(m) for m in mean], "std": [float(s) for s in std],
         "percentile": percentile if method == "percentile" else None, "pre_process": pre_process,
         "entropy_bins": entropy_bins if method == "entropy" else None,

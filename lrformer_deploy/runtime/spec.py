@@ -16,7 +16,7 @@ from typing import Any
 
 from lrformer_deploy.errors import UserError
 from lrformer_deploy.manifest import FORMAT
-from lrformer_deploy.manifest import load_manifest as read_manifest
+from lrformer_deploy.manifest import load_manifest
 
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
@@ -195,7 +195,7 @@ def resolve_model(model: str | Path) -> ResolvedModel:
     if path.stat().st_size == 0:
         raise UserError(f"model file is empty: {path}")
     if suffix == ".json":
-        spec = spec_from_manifest(read_manifest(path), path)
+        spec = spec_from_manifest(load_manifest(path), path)
         if spec.onnx_path is None and spec.engine_path is None:
             raise UserError(f"{path}: the manifest names no onnx or engine artifact")
         # Which artifact runs (engine or graph) is the backend's choice, made by the Segmenter.
@@ -205,7 +205,7 @@ def resolve_model(model: str | Path) -> ResolvedModel:
         manifest_path = find_manifest(path)
         spec = None
         if manifest_path is not None:
-            spec = spec_from_manifest(read_manifest(manifest_path), manifest_path)
+            spec = spec_from_manifest(load_manifest(manifest_path), manifest_path)
             # The file the user named wins over the manifest's record (e.g. a renamed copy).
             spec = replace(spec, onnx_path=path) if kind == "onnx" else replace(spec, engine_path=path)
         return ResolvedModel(path=path, kind=kind, spec=spec)
