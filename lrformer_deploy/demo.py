@@ -6,6 +6,7 @@ checkpoint's sha256, so a retrained checkpoint is re-exported automatically.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -41,11 +42,9 @@ def default_model(out_dir: str | os.PathLike | None = None) -> Path:
                 return onnx_path
         except (UserError, KeyError):
             pass  # stale or broken cache: export again
-    try:
-        import torch  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("torch") is None:
         raise UserError("the demo model must be exported once, which needs torch "
-                        "(pip install torch, or pass --model with an exported .onnx)") from None
+                        "(pip install torch, or pass --model with an exported .onnx)")
     from .checkpoint import load_checkpoint
     from .datasets import get_dataset
     from .export_onnx import export_onnx
