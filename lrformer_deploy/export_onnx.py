@@ -23,7 +23,7 @@ from . import manifest as mf
 from .datasets import DatasetPreset
 from .errors import UserError
 from .grids import head_grids, stage_grids
-from .model import LRFormerSegmentor, MaskHead
+from .model import LRFormerSegmentor, MaskHead, logits_to_mask
 
 # Ops whose presence would mean something data-dependent slipped into the graph.
 FORBIDDEN_OPS = frozenset({"Gather", "GatherND", "GatherElements", "ScatterND", "ScatterElements",
@@ -195,7 +195,7 @@ def verify_with_onnxruntime(onnx_path: Path, torch_model: LRFormerSegmentor, x: 
 
     with torch.no_grad():
         ref_logits = torch_model(torch.from_numpy(x))
-        ref_mask = MaskHead(torch_model)(torch.from_numpy(x)).numpy() if head == "mask" else None
+    ref_mask = logits_to_mask(ref_logits, tuple(x.shape[-2:])).numpy() if head == "mask" else None
     ref_logits = ref_logits.numpy()
     if ort_logits.shape != ref_logits.shape:
         raise RuntimeError(f"ONNX logits shape {ort_logits.shape} != PyTorch {ref_logits.shape}")
