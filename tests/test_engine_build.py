@@ -17,7 +17,7 @@ HAVE_TRT = importlib.util.find_spec("tensorrt") is not None
 def toy_fp16(tmp_path_factory):
     pytest.importorskip("onnx")
     from lrformer_deploy.precision import convert_fp16
-    from lrformer_deploy.precision.toy import build_toy_segmenter
+    from toy_graph import build_toy_segmenter
 
     folder = tmp_path_factory.mktemp("engine")
     fp32 = build_toy_segmenter(folder / "toy.onnx", size=(64, 64))

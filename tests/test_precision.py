@@ -21,7 +21,7 @@ from lrformer_deploy.precision import (  # noqa: E402
 )
 from lrformer_deploy.precision.calibration import even_indices, read_calibration_images  # noqa: E402
 from lrformer_deploy.runtime.preprocess import preprocess_image  # noqa: E402
-from lrformer_deploy.precision.toy import build_toy_segmenter  # noqa: E402
+from toy_graph import build_toy_segmenter  # noqa: E402
 
 SIZE = (64, 64)
 
