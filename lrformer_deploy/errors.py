@@ -16,12 +16,16 @@ _EXTRAS = {"torch": "export", "onnx": "export", "onnxscript": "export", "onnxrun
 
 
 def cli_entry(func):
-    """Run a CLI main: user errors become one line on stderr and exit code 2, Ctrl-C exits 130."""
+    """Run a CLI main: user errors become one line on stderr and exit code 2; Ctrl-C, SIGTERM and SIGHUP
+    unwind through the same `finally` blocks (partial videos finalised, temporaries removed) and exit
+    128 + signal number (130, 143, 129)."""
+    from lrformer_deploy.atomic import exit_code, termination_as_interrupt
 
     @functools.wraps(func)
     def wrapper(argv=None):
         try:
-            return func(argv) or 0
+            with termination_as_interrupt():
+                return func(argv) or 0
         except UserError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
@@ -32,9 +36,9 @@ def cli_entry(func):
             print(f"error: this command needs the {root} package: pip install 'lrformer-deploy[{_EXTRAS[root]}]'",
                   file=sys.stderr)
             return 2
-        except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr)
-            return 130
+        except KeyboardInterrupt as exc:
+            print(f"interrupted ({getattr(exc, 'args', None) and exc.args[0] or 'SIGINT'})", file=sys.stderr)
+            return exit_code(exc)
         except BrokenPipeError:
             # The reader went away (`... | head`): stop quietly, and keep Python from complaining at exit.
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
