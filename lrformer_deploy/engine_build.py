@@ -10,7 +10,16 @@ trt.Builder(logger).create_network(flags) with 1 << NetworkDefinitionCreationFla
 enum still has it), trt.OnnxParser(network, logger).parse_from_file, config.set_memory_pool_limit(
 MemoryPoolType.WORKSPACE, bytes), config.create_timing_cache / set_timing_cache / get_timing_cache().
 serialize(), builder.create_optimization_profile + profile.set_shape when the batch dim is dynamic,
-builder.build_serialized_network. No BuilderFlag precision flags anywhere.
+builder.build_serialized_network. No FP16/INT8 BuilderFlag anywhere; only TF32 is set or cleared
+(`tf32`): TensorRT allows TF32 for FP32 layers by default on Ampere and newer, and TF32 keeps FP16's
+10-bit mantissa, i.e. exactly the precision the FP16 pass kept those layers away from. So the default
+is off; `tf32=True` (`lrformer-export --tf32`) trades that for speed.
+
+The engine is built on CUDA device `device_id` as CUDA numbers it (CUDA_VISIBLE_DEVICES applies), and
+the record names that device, read through the runtime's CUDA memory provider (pycuda or torch.cuda);
+nvidia-smi, which numbers GPUs in PCI order, is only a fallback. Return values TensorRT reports
+failures with (set_timing_cache, get_timing_cache) are checked. The engine and the timing cache are
+written atomically; the default timing cache is keyed by TensorRT version and compute capability.
 
 Without TensorRT or a GPU, build_engine raises EngineUnavailable(reason): the export CLI prints
 "engine step skipped: <reason>" and carries on. This module never imports torch.
@@ -21,8 +30,9 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
+from . import atomic
 from .errors import UserError
 from .manifest import sha256_file
 
@@ -83,6 +93,58 @@ def _network_flags(trt) -> int:
     return 0 if flag is None else 1 << int(flag)
 
 
+class _NoContext:
+    """Stands in for a memory provider when neither pycuda nor torch.cuda can reach the GPU."""
+
+    def push(self) -> None:
+        pass
+
+    def pop(self) -> None:
+        pass
+
+
+def build_device(device_id: int = 0) -> tuple[dict, Any]:
+    """(identity, provider) of the CUDA device TensorRT will build on.
+
+    The identity comes from the runtime's CUDA memory provider (pycuda or torch.cuda), which numbers
+    devices as CUDA and TensorRT do; nvidia-smi (PCI order) only fills in the driver version, or
+    everything when no provider can reach the GPU (then only device 0 can be chosen).
+    """
+    from .runtime.backends.trt import _make_memory
+
+    try:
+        smi = gpu_info()
+    except EngineUnavailable as exc:
+        smi, smi_error = None, exc
+    try:
+        mem = _make_memory(device_id, "auto")
+    except UserError as exc:
+        if smi is None:
+            raise smi_error from None
+        if device_id != 0:
+            raise EngineUnavailable(f"cannot select CUDA device {device_id}: {exc}") from None
+        note = "" if smi["count"] == 1 else "; with several GPUs this may not be the one TensorRT used"
+        return ({"name": smi["name"], "compute_capability": smi["compute_capability"], "driver": smi["driver"],
+                 "source": f"nvidia-smi GPU 0 (no CUDA API for the build device: {exc}{note})"}, _NoContext())
+    name, cc = mem.gpu()
+    return ({"name": name, "compute_capability": f"{cc[0]}.{cc[1]}", "driver": smi["driver"] if smi else "",
+             "source": f"{mem.kind} device {device_id}"}, mem)
+
+
+def timing_cache_name(engine_path: Path, trt_version: str, compute_capability: str) -> Path:
+    """NAME.trt<version>.sm<cc>.timing-cache: a cache is only valid for one TensorRT version and GPU."""
+    cc = str(compute_capability).replace(".", "")
+    return engine_path.with_name(f"{engine_path.stem}.trt{trt_version}.sm{cc}.timing-cache")
+
+
+def _set_tf32(trt, config, tf32: bool) -> bool | None:
+    flag = getattr(trt.BuilderFlag, "TF32", None)
+    if flag is None:  # a TensorRT without the flag never uses TF32 implicitly
+        return None
+    (config.set_flag if tf32 else config.clear_flag)(flag)
+    return bool(tf32)
+
+
 def build_engine(
     onnx_path: str | Path,
     engine_path: str | Path | None = None,
@@ -91,25 +153,41 @@ def build_engine(
     timing_cache: str | Path | None = None,
     batch_range: Sequence[int] | None = None,
     optimization_level: int | None = None,
+    tf32: bool | None = None,
+    device_id: int = 0,
     verbose: bool = False,
 ) -> dict:
     """Build a strongly typed TensorRT engine from `onnx_path`; return the manifest's engine record.
 
-    engine_path: default NAME.engine beside the ONNX. timing_cache: default NAME.timing-cache beside
-    the engine; loaded when present and written back after the build. batch_range: (min, opt, max)
-    batch for an optimization profile, used only when the graph's batch dim is dynamic (default 1,1,1).
+    engine_path: default NAME.engine beside the ONNX. timing_cache: default
+    NAME.trt<version>.sm<cc>.timing-cache beside the engine; loaded when present and written back after
+    the build. batch_range: (min, opt, max) batch for an optimization profile, used only when the
+    graph's batch dim is dynamic (default 1,1,1). tf32: None or False keeps FP32 layers in true FP32
+    (see the module doc), True lets TensorRT use TF32 for them. device_id: CUDA device to build on.
     Raises EngineUnavailable when TensorRT or a GPU is missing, EngineBuildError when the build fails.
     """
     onnx_path = Path(onnx_path)
     if not onnx_path.is_file():
         raise UserError(f"ONNX file {onnx_path} does not exist.")
     engine_path = Path(engine_path) if engine_path is not None else onnx_path.with_suffix(".engine")
-    cache_path = Path(timing_cache) if timing_cache is not None else engine_path.with_suffix(".timing-cache")
     if workspace_gib <= 0:
         raise UserError(f"workspace must be positive, got {workspace_gib} GiB.")
 
     trt = _import_tensorrt()
-    gpu = gpu_info()
+    gpu, device = build_device(device_id)
+    cache_path = (Path(timing_cache) if timing_cache is not None
+                  else timing_cache_name(engine_path, trt.__version__, gpu["compute_capability"]))
+    # TensorRT builds on the current CUDA device: make the recorded device the current one.
+    device.push()
+    try:
+        return _build(trt, onnx_path, engine_path, cache_path, gpu, device_id, workspace_gib, batch_range,
+                      optimization_level, bool(tf32), verbose)
+    finally:
+        device.pop()
+
+
+def _build(trt, onnx_path: Path, engine_path: Path, cache_path: Path, gpu: dict, device_id: int,
+           workspace_gib: float, batch_range, optimization_level, tf32: bool, verbose: bool) -> dict:
     logger = trt.Logger(trt.Logger.VERBOSE if verbose else trt.Logger.WARNING)
     try:
         builder = trt.Builder(logger)
@@ -128,10 +206,13 @@ def build_engine(
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
     if optimization_level is not None:
         config.builder_optimization_level = int(optimization_level)
+    tf32_used = _set_tf32(trt, config, tf32)
 
     previous = cache_path.read_bytes() if cache_path.is_file() else b""
     cache = config.create_timing_cache(previous)
-    config.set_timing_cache(cache, ignore_mismatch=False)
+    if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
+        raise EngineBuildError(f"TensorRT {trt.__version__} rejected the timing cache {cache_path} (made by another "
+                               "TensorRT version or GPU?); delete it or pass another --timing-cache path")
 
     inputs = []
     profile = None
@@ -158,8 +239,15 @@ def build_engine(
             f"TensorRT returned no engine for {onnx_path.name} (see the log above; try a larger --workspace)."
         )
     engine_path.parent.mkdir(parents=True, exist_ok=True)
-    engine_path.write_bytes(bytes(serialized))
-    cache_path.write_bytes(bytes(config.get_timing_cache().serialize()))
+    with atomic.atomic_open(engine_path, "wb") as f:
+        f.write(memoryview(serialized))  # no extra copy of a possibly large plan
+    # The engine is done and usable even when no cache comes back; then the record says so.
+    final_cache = config.get_timing_cache()
+    cache_written = final_cache is not None
+    if cache_written:
+        cache_path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic.atomic_open(cache_path, "wb") as f:
+            f.write(memoryview(final_cache.serialize()))
 
     outputs = [{"name": network.get_output(i).name, "dtype": str(network.get_output(i).dtype)}
                for i in range(network.num_outputs)]
@@ -171,12 +259,15 @@ def build_engine(
         "gpu": gpu["name"],
         "compute_capability": gpu["compute_capability"],
         "driver": gpu["driver"],
+        "device_id": device_id,
+        "gpu_source": gpu["source"],
         "built_from": onnx_path.name,
         "build_options": {
             "strongly_typed": True,
             "network_flags": _network_flags(trt),
             "workspace_gib": workspace_gib,
-            "timing_cache": cache_path.name,
+            "tf32": tf32_used,
+            "timing_cache": cache_path.name if cache_written else None,
             "timing_cache_reused": bool(previous),
             "optimization_profile": None if profile is None else list(batch_range or (1, 1, 1)),
             "builder_optimization_level": optimization_level,

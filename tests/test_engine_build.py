@@ -106,3 +106,111 @@ def test_gpu_info_with_no_device(monkeypatch):
         cmd, 9, "", "NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver."))
     with pytest.raises(EngineUnavailable, match="no usable NVIDIA GPU"):
         gpu_info()
+
+
+# --- Around TensorRT, with a recording fake module (call order and return-value handling, not TensorRT) ---
+
+from fake_tensorrt import FakeMemory, Recorder, make_trt  # noqa: E402
+
+
+@pytest.fixture
+def fake_build(tmp_path, monkeypatch):
+    """build_engine against a fake `tensorrt` and a fake CUDA provider; returns (run, log, onnx path)."""
+    from lrformer_deploy.runtime.backends import trt as trt_backend
+
+    onnx = tmp_path / "m.onnx"
+    onnx.write_bytes(b"graph")
+    log = Recorder()
+    smi = {"name": "NVIDIA H200", "compute_capability": "9.0", "driver": "560.35.03", "memory": "", "count": 2}
+    monkeypatch.setattr(engine_build, "gpu_info", lambda: dict(smi))
+    monkeypatch.setattr(trt_backend, "_make_memory", lambda dev, prefer: FakeMemory(log, "NVIDIA A100", (8, 0)))
+
+    def run(trt_kwargs=None, **kw):
+        monkeypatch.setattr(engine_build, "_import_tensorrt", lambda: make_trt(log, **(trt_kwargs or {})))
+        return build_engine(onnx, workspace_gib=1, **kw)
+
+    return run, log, onnx
+
+
+def test_gpu_identity_is_the_cuda_device_the_build_used(fake_build):
+    run, log, _ = fake_build
+    record = run()
+    # nvidia-smi's GPU 0 (PCI order) is an H200 here, but CUDA device 0 (what TensorRT built on) is the A100.
+    assert (record["gpu"], record["compute_capability"]) == ("NVIDIA A100", "8.0")
+    assert record["driver"] == "560.35.03" and record["gpu_source"] == "fake device 0"
+    names = log.names()
+    # The device is current (pushed) for the whole build and released after it.
+    assert names.index("push") < names.index("Builder") < names.index("build_serialized_network") < names.index("pop")
+
+
+def test_gpu_identity_falls_back_to_nvidia_smi_without_a_cuda_api(fake_build, monkeypatch):
+    from lrformer_deploy.runtime.backends import trt as trt_backend
+
+    def no_provider(dev, prefer):
+        raise UserError("the tensorrt backend needs pycuda or torch with CUDA")
+
+    monkeypatch.setattr(trt_backend, "_make_memory", no_provider)
+    run, _, _ = fake_build
+    record = run()
+    assert record["gpu"] == "NVIDIA H200" and record["gpu_source"].startswith("nvidia-smi")
+    assert "may not be the one" in record["gpu_source"]  # two GPUs: say the record may be wrong
+
+
+def test_timing_cache_is_keyed_by_tensorrt_version_and_compute_capability(fake_build, tmp_path):
+    run, log, onnx = fake_build
+    first = run({"version": "10.16.1.11"})
+    assert first["build_options"]["timing_cache"] == "m.trt10.16.1.11.sm80.timing-cache"
+    assert not first["build_options"]["timing_cache_reused"]
+    assert (tmp_path / first["build_options"]["timing_cache"]).read_bytes() == b"CACHE"
+    again = run({"version": "10.16.1.11"})
+    assert again["build_options"]["timing_cache_reused"]
+    other = run({"version": "11.4.0.106"})  # another TensorRT never loads the first one's cache
+    assert other["build_options"]["timing_cache"] == "m.trt11.4.0.106.sm80.timing-cache"
+    assert not other["build_options"]["timing_cache_reused"]
+
+
+def test_rejected_timing_cache_is_one_clear_error_and_no_engine(fake_build, tmp_path):
+    run, _, onnx = fake_build
+    with pytest.raises(engine_build.EngineBuildError, match="rejected the timing cache"):
+        run({"set_cache_ok": False})
+    assert not onnx.with_suffix(".engine").exists()
+
+
+def test_no_timing_cache_back_still_keeps_the_engine(fake_build):
+    run, log, onnx = fake_build
+    record = run({"final_cache": False})
+    assert onnx.with_suffix(".engine").read_bytes() == b"PLAN"
+    assert record["build_options"]["timing_cache"] is None
+    assert not list(onnx.parent.glob("*.timing-cache"))
+
+
+def test_tf32_is_off_unless_asked_for(fake_build):
+    run, log, _ = fake_build
+    assert run()["build_options"]["tf32"] is False
+    assert ("clear_flag", "TF32") in log.calls and ("set_flag", "TF32") not in log.calls
+    log.calls.clear()
+    assert run(tf32=True)["build_options"]["tf32"] is True
+    assert ("set_flag", "TF32") in log.calls and ("clear_flag", "TF32") not in log.calls
+    log.calls.clear()
+    assert run({"tf32_flag": False}, tf32=False)["build_options"]["tf32"] is None  # a TensorRT without the flag
+    assert not [c for c in log.calls if c[0] in ("set_flag", "clear_flag")]
+
+
+def test_engine_and_cache_are_written_atomically(fake_build, monkeypatch):
+    import os
+
+    run, _, onnx = fake_build
+    engine = onnx.with_suffix(".engine")
+    engine.write_bytes(b"OLD GOOD ENGINE")
+    real_replace = os.replace
+
+    def failing_replace(src, dst):
+        if str(dst).endswith(".engine"):
+            raise KeyboardInterrupt  # e.g. Ctrl-C at the last moment
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(KeyboardInterrupt):
+        run()
+    assert engine.read_bytes() == b"OLD GOOD ENGINE"
+    assert sorted(p.name for p in onnx.parent.iterdir()) == ["m.engine", "m.onnx"]  # no temporaries left

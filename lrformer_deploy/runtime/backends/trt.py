@@ -7,17 +7,26 @@ APIs (removed in TensorRT 10) are used.
 
 Device memory comes from pycuda (primary context, so it coexists with torch and TensorRT's own runtime
 API use) or, when pycuda is missing, from torch.cuda. Inputs already on the GPU (objects with
-`__cuda_array_interface__`, or CUDA DLPack capsules via torch/cupy) are bound directly, no copy.
-A caller's CUDA stream may be passed as an int handle, a pycuda Stream or a torch.cuda.Stream.
+`__cuda_array_interface__`, or CUDA DLPack capsules via torch/cupy) are bound directly, no copy; the
+engine's stream first waits for the stream that produced them (the interface's v3 `stream` field;
+torch's current stream for torch tensors, which export v2; the legacy default stream otherwise), as
+the CUDA Array Interface asks consumers to do. Their pointers must be 256-byte aligned (TensorRT's
+rule; `set_tensor_address` keeps the old address when refusing one, so a refusal is an error here).
+A caller's CUDA stream may be passed as an int handle, a pycuda Stream or a torch.cuda.Stream. Every
+stream the runner creates is created once, in `activate()`, inside the device's context (a pycuda
+Stream needs a current context).
 
 An engine only loads with the TensorRT version and GPU generation that built it, so the manifest's
 engine record is compared with the running ones first and a mismatch is one clear UserError.
 
-NOTE: this module cannot run on the development machines (no GPU, no TensorRT); its tests are marked
-`tensorrt`/`gpu` and skip there. Only `check_engine_record` is exercised on CPU.
+NOTE: this module cannot run on the development machines (no GPU, no TensorRT). On CPU, the tests
+drive it with a fake `tensorrt` module and a recording memory provider (call order and return-value
+handling only, never a TensorRT result); tests/test_tensorrt_api.py checks every TensorRT name used
+here against the real bindings' symbol tables; samples/gpu_check.py runs it on a GPU.
 """
 from __future__ import annotations
 
+import ctypes
 import sys
 from pathlib import Path
 from typing import Any
@@ -94,8 +103,45 @@ def _import_tensorrt():
     return trt
 
 
+# TensorRT requires I/O addresses aligned to this many bytes (IExecutionContext::setTensorAddress).
+ADDRESS_ALIGNMENT = 256
+# CUDA's special stream handles (same values in the driver and runtime APIs).
+LEGACY_DEFAULT_STREAM = 1
+
+
+class _CudaDriver:
+    """The three driver calls pycuda cannot make on raw stream handles (event record / stream wait)."""
+
+    _lib = None
+
+    @classmethod
+    def lib(cls):
+        if cls._lib is None:
+            cls._lib = ctypes.CDLL("nvcuda.dll" if sys.platform.startswith("win") else "libcuda.so.1")
+        return cls._lib
+
+    @classmethod
+    def stream_wait(cls, consumer: int, producer: int) -> None:
+        lib, event = cls.lib(), ctypes.c_void_p()
+        for call, args in (("cuEventCreate", (ctypes.byref(event), 2)),  # CU_EVENT_DISABLE_TIMING
+                           ("cuEventRecord", (event, ctypes.c_void_p(producer))),
+                           ("cuStreamWaitEvent", (ctypes.c_void_p(consumer), event, 0))):
+            rc = getattr(lib, call)(*args)
+            if rc != 0:
+                raise RuntimeError(f"{call} failed with CUDA error {rc}")
+        lib.cuEventDestroy_v2(event)  # released once the wait has been satisfied
+
+    @classmethod
+    def stream_synchronize(cls, handle: int) -> None:
+        rc = cls.lib().cuStreamSynchronize(ctypes.c_void_p(handle))
+        if rc != 0:
+            raise RuntimeError(f"cuStreamSynchronize failed with CUDA error {rc}")
+
+
 class _PycudaMemory:
     """Device buffers, pinned host buffers and copies through pycuda on the device's primary context."""
+
+    kind = "pycuda"
 
     def __init__(self, device_id: int) -> None:
         import pycuda.driver as cuda
@@ -138,6 +184,15 @@ class _PycudaMemory:
     def synchronize(self, stream: Any) -> None:
         stream.synchronize()
 
+    def owns(self, stream: Any) -> bool:
+        return isinstance(stream, self.cuda.Stream)
+
+    def stream_wait(self, consumer: int, producer: int) -> None:
+        _CudaDriver.stream_wait(consumer, producer)
+
+    def sync_handle(self, handle: int) -> None:
+        _CudaDriver.stream_synchronize(handle)
+
     def release(self) -> None:
         for buf in self._keep:
             buf.free()
@@ -146,6 +201,8 @@ class _PycudaMemory:
 
 class _TorchMemory:
     """The same services through torch.cuda, for machines that have torch but not pycuda."""
+
+    kind = "torch.cuda"
 
     def __init__(self, device_id: int) -> None:
         import torch
@@ -198,6 +255,16 @@ class _TorchMemory:
     def synchronize(self, stream: Any) -> None:
         stream.synchronize()
 
+    def owns(self, stream: Any) -> bool:
+        return isinstance(stream, self.torch.cuda.Stream)
+
+    def stream_wait(self, consumer: int, producer: int) -> None:
+        ext = self.torch.cuda.ExternalStream
+        ext(consumer, device=self.device).wait_stream(ext(producer, device=self.device))
+
+    def sync_handle(self, handle: int) -> None:
+        self.torch.cuda.ExternalStream(handle, device=self.device).synchronize()
+
     def release(self) -> None:
         self._keep.clear()
 
@@ -219,8 +286,30 @@ def _make_memory(device_id: int, prefer: str) -> Any:
     raise UserError("the tensorrt backend needs pycuda (pip install pycuda) or torch with CUDA for device memory")
 
 
-def _device_pointer(value: Any, dtype: np.dtype, shape: tuple[int, ...]) -> int | None:
-    """Pointer of an input that already lives on the GPU, or None for host data."""
+def _is_torch_tensor(value: Any) -> bool:
+    # Without importing torch (the runtime must not need it).
+    return type(value).__module__.split(".")[0] == "torch" and hasattr(value, "data_ptr")
+
+
+def _producer_stream(value: Any, iface: dict) -> int | None:
+    """The stream the engine must wait for before reading `value`, or None when no wait is needed."""
+    if "stream" in iface:  # CUDA Array Interface v3: None means the data is ready
+        stream = iface["stream"]
+        return None if stream is None else (LEGACY_DEFAULT_STREAM if int(stream) == 0 else int(stream))
+    if _is_torch_tensor(value):  # torch exports v2 with no stream; its kernels ran on the current stream
+        import torch
+
+        return int(torch.cuda.current_stream(value.device).cuda_stream)
+    # Unknown producer: an event on the legacy default stream follows all prior work on blocking streams.
+    return LEGACY_DEFAULT_STREAM
+
+
+def _device_pointer(value: Any, dtype: np.dtype, shape: tuple[int, ...],
+                    dynamic: bool = False) -> tuple[int, tuple[int, ...], int | None] | None:
+    """(pointer, shape, producer stream) of an input that already lives on the GPU, or None for host data.
+
+    `shape` is the engine's (largest) shape; a dynamic engine accepts any shape that fits in it.
+    """
     iface = getattr(value, "__cuda_array_interface__", None)
     if iface is None and hasattr(value, "__dlpack_device__"):
         dev_type, _ = value.__dlpack_device__()
@@ -228,7 +317,10 @@ def _device_pointer(value: Any, dtype: np.dtype, shape: tuple[int, ...]) -> int 
             for module in ("torch", "cupy"):
                 try:
                     lib = __import__(module)
-                    iface = lib.from_dlpack(value).__cuda_array_interface__
+                    # from_dlpack orders the producer's work before that library's current stream,
+                    # which the converted array then reports (cupy: v3 stream; torch: current stream).
+                    value = lib.from_dlpack(value)
+                    iface = value.__cuda_array_interface__
                     break
                 except (ImportError, AttributeError):
                     continue
@@ -237,9 +329,12 @@ def _device_pointer(value: Any, dtype: np.dtype, shape: tuple[int, ...]) -> int 
     if iface is None:
         return None
     got_dtype = np.dtype(iface["typestr"])
-    got_shape = tuple(iface["shape"])
-    if got_dtype != dtype or got_shape != tuple(shape):
+    got_shape = tuple(int(d) for d in iface["shape"])
+    fits = got_shape == tuple(shape) or (dynamic and len(got_shape) == len(shape)
+                                         and all(0 < a <= b for a, b in zip(got_shape, shape)))
+    if got_dtype != dtype or not fits:
         raise UserError(f"GPU input has dtype {got_dtype} shape {got_shape}; the engine wants {dtype} {tuple(shape)}")
+    shape = got_shape
     strides = iface.get("strides")
     if strides is not None:
         # C-contiguous strides in bytes: the engine reads the buffer as one dense block.
@@ -249,7 +344,11 @@ def _device_pointer(value: Any, dtype: np.dtype, shape: tuple[int, ...]) -> int 
             step *= dim
         if tuple(strides) != tuple(reversed(dense)):
             raise UserError("GPU inputs must be C-contiguous")
-    return int(iface["data"][0])
+    ptr = int(iface["data"][0])
+    if ptr % ADDRESS_ALIGNMENT:
+        raise UserError(f"GPU input at address {ptr:#x} is not {ADDRESS_ALIGNMENT}-byte aligned, which TensorRT "
+                        "requires; pass a tensor that owns its memory (e.g. .contiguous().clone()), not an offset view")
+    return ptr, got_shape, _producer_stream(value, iface)
 
 
 class TensorRTRunner(Runner):
@@ -285,6 +384,9 @@ class TensorRTRunner(Runner):
                                 "it was probably built by another TensorRT version or for another GPU; rebuild it here")
             self.engine = engine
             self.context = engine.create_execution_context()
+            if self.context is None:
+                raise UserError(f"TensorRT could not create an execution context for {self.engine_path.name} "
+                                "(out of GPU memory?)")
             self.inputs: dict[str, tuple[tuple[int, ...], np.dtype, int]] = {}
             self.outputs: dict[str, tuple[tuple[int, ...], np.dtype, int, np.ndarray]] = {}
             names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
@@ -298,20 +400,25 @@ class TensorRTRunner(Runner):
                     # Engines built with a batch profile: buffers for the profile's largest shape,
                     # which is also bound by default (set_input_shape again per call).
                     shape = tuple(int(d) for d in engine.get_tensor_profile_shape(name, 0)[2])
-                    self.context.set_input_shape(name, shape)
+                    self._set_shape(name, shape)
                     self.dynamic = True
                 dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(name)))
                 ptr = self.mem.alloc(int(np.prod(shape)) * dtype.itemsize)
-                self.context.set_tensor_address(name, ptr)
+                self._bind(name, ptr)
                 self.inputs[name] = (shape, dtype, ptr)
             for name in (n for n in names if not is_input[n]):
                 # With every input shape set, the context knows the (largest) output shapes.
                 shape = tuple(int(d) for d in self.context.get_tensor_shape(name))
                 dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(name)))
                 ptr = self.mem.alloc(int(np.prod(shape)) * dtype.itemsize)
-                self.context.set_tensor_address(name, ptr)
+                self._bind(name, ptr)
                 self.outputs[name] = (shape, dtype, ptr, self.mem.pinned(shape, dtype))
+            # Streams are made here, inside the pushed context (pycuda needs one), never in infer().
             self.stream = self.user_stream if self.user_stream is not None else self.mem.new_stream()
+            self._stream_handle, copy_stream = self._handle()
+            self._own_copies = copy_stream is None
+            # The caller's stream cannot carry our copies: copy on a private stream, synchronised on both sides.
+            self._copy_stream = self.mem.new_stream() if self._own_copies else copy_stream
         finally:
             self.mem.pop()
         self.name = f"tensorrt[{gpu_name}]"
@@ -328,32 +435,46 @@ class TensorRTRunner(Runner):
     def io_info(self) -> tuple[list[tuple[str, tuple]], list[tuple[str, tuple]]]:
         return ([(n, self.declared[n]) for n in self.inputs], [(n, self.declared[n]) for n in self.outputs])
 
+    def _bind(self, name: str, ptr: int) -> None:
+        # On refusal TensorRT keeps the previous address: running anyway would read stale data.
+        if not self.context.set_tensor_address(name, ptr):
+            raise UserError(f"TensorRT refused address {ptr:#x} for tensor {name} of {self.engine_path.name} "
+                            f"(addresses must be {ADDRESS_ALIGNMENT}-byte aligned)")
+
+    def _set_shape(self, name: str, shape: tuple[int, ...]) -> None:
+        if not self.context.set_input_shape(name, tuple(int(d) for d in shape)):
+            raise UserError(f"TensorRT refused shape {tuple(shape)} for input {name} of {self.engine_path.name} "
+                            "(outside the engine's optimization profile)")
+
     def _handle(self) -> tuple[int, Any]:
         """(raw stream handle for TensorRT, stream object usable for our copies or None)."""
         stream = self.stream
         if isinstance(stream, int):
             return stream, None
+        if self.mem.owns(stream):  # the provider's own stream type can carry our copies
+            return self.mem.stream_handle(stream), stream
         if hasattr(stream, "cuda_stream"):  # torch.cuda.Stream
-            return int(stream.cuda_stream), stream if isinstance(self.mem, _TorchMemory) else None
+            return int(stream.cuda_stream), None
         if hasattr(stream, "handle"):  # pycuda Stream
-            return int(stream.handle), stream if isinstance(self.mem, _PycudaMemory) else None
+            return int(stream.handle), None
         raise UserError(f"unsupported CUDA stream object {type(stream).__name__}: pass an int handle, "
                         "a pycuda Stream or a torch.cuda.Stream")
 
     def infer(self, feed: dict[str, Any]) -> dict[str, np.ndarray]:
-        handle, copy_stream = self._handle()
-        own_copies = copy_stream is None
-        if own_copies:
-            # The caller's stream cannot carry our copies: copy on a private stream, synchronised on both sides.
-            copy_stream = getattr(self, "_copy_stream", None) or self.mem.new_stream()
-            self._copy_stream = copy_stream
+        handle, copy_stream, own_copies = self._stream_handle, self._copy_stream, self._own_copies
         self.mem.push()
         try:
+            producers = []
             for name, (shape, dtype, ptr) in self.inputs.items():
                 value = feed[name]
-                gpu_ptr = _device_pointer(value, dtype, shape)
-                if gpu_ptr is not None:
-                    self.context.set_tensor_address(name, gpu_ptr)
+                on_gpu = _device_pointer(value, dtype, shape, self.dynamic)
+                if on_gpu is not None:
+                    gpu_ptr, gpu_shape, producer = on_gpu
+                    if self.dynamic:  # else the previous call's shape would stay in effect
+                        self._set_shape(name, gpu_shape)
+                    self._bind(name, gpu_ptr)
+                    if producer is not None and producer != handle:
+                        producers.append(producer)
                     continue
                 host = np.ascontiguousarray(value, dtype=dtype)
                 if host.shape != shape:
@@ -361,9 +482,11 @@ class TensorRTRunner(Runner):
                     if not fits:
                         raise UserError(f"input {name} has shape {host.shape}; the engine wants {shape}")
                 if self.dynamic:
-                    self.context.set_input_shape(name, host.shape)
-                self.context.set_tensor_address(name, ptr)
+                    self._set_shape(name, host.shape)
+                self._bind(name, ptr)
                 self.mem.htod(ptr, host, copy_stream)
+            for producer in dict.fromkeys(producers):
+                self.mem.stream_wait(handle, producer)
             if own_copies:
                 self.mem.synchronize(copy_stream)
             if not self.context.execute_async_v3(handle):
@@ -384,8 +507,4 @@ class TensorRTRunner(Runner):
             self.mem.pop()
 
     def _sync_handle(self, handle: int) -> None:
-        # A raw handle cannot be wrapped by pycuda: wait for the whole context instead.
-        if isinstance(self.mem, _PycudaMemory):
-            self.mem.cuda.Context.synchronize()
-        else:
-            self.mem.torch.cuda.ExternalStream(handle).synchronize()
+        self.mem.sync_handle(handle)

@@ -1,0 +1,109 @@
+"""TensorRTRunner around TensorRT, on the CPU: a fake `tensorrt` module and a recording memory provider.
+
+These check call order and return-value handling (what the runner asks TensorRT and CUDA to do, and
+what it refuses); they compute nothing, so none of this is a TensorRT result.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fake_tensorrt import FakeMemory, GpuArray, Recorder, make_trt
+from lrformer_deploy.errors import UserError
+from lrformer_deploy.runtime.backends import trt as trt_backend
+
+
+@pytest.fixture
+def runner_factory(tmp_path, monkeypatch):
+    engine = tmp_path / "m.engine"
+    engine.write_bytes(b"PLAN")
+    log = Recorder()
+
+    def make(stream=None, **trt_kwargs):
+        monkeypatch.setattr(trt_backend, "_import_tensorrt", lambda: make_trt(log, **trt_kwargs))
+        monkeypatch.setattr(trt_backend, "_make_memory", lambda dev, prefer: FakeMemory(log))
+        return trt_backend.TensorRTRunner(engine, {"tensorrt": "10.16.1.11", "compute_capability": "8.9"},
+                                          stream=stream)
+
+    return make, log
+
+
+HOST = np.zeros((1, 3, 4, 4), np.float32)
+
+
+@pytest.mark.parametrize("stream", [None, 12345])
+def test_streams_are_created_inside_the_device_context(runner_factory, stream):
+    # With a caller's raw handle the runner needs a private copy stream; pycuda can only make one
+    # while a context is current (the fake raises like pycuda otherwise).
+    make, log = runner_factory
+    runner = make(stream=stream).activate()
+    runner.infer({"image": HOST})
+    runner.infer({"image": HOST})
+    created = [c for c in log.calls if c[0] == "new_stream"]
+    assert created and all(depth > 0 for _, depth in created)
+    assert len(created) == 1  # the engine stream or, for a raw handle, the private copy stream; never per call
+
+
+def test_gpu_input_waits_for_its_producer_stream(runner_factory):
+    make, log = runner_factory
+    runner = make().activate()
+    runner.infer({"image": GpuArray(256 * 9999, (1, 3, 4, 4), stream=777)})
+    names = log.names()
+    wait = names.index("stream_wait")
+    assert log.calls[wait][1:3] == (runner._stream_handle, 777) and log.calls[wait][3] > 0
+    assert wait < names.index("execute_async_v3")
+    bound = [c for c in log.calls if c[0] == "set_tensor_address" and c[1] == "image"]
+    assert bound[-1][2] == 256 * 9999
+
+
+def test_gpu_input_stream_rules(runner_factory):
+    make, log = runner_factory
+    runner = make().activate()
+    runner.infer({"image": GpuArray(256 * 9999, (1, 3, 4, 4), stream=None)})  # v3, producer says: ready
+    assert "stream_wait" not in log.names()
+    runner.infer({"image": GpuArray(256 * 9999, (1, 3, 4, 4))})  # v2, unknown producer: legacy default stream
+    assert [c[2] for c in log.calls if c[0] == "stream_wait"] == [trt_backend.LEGACY_DEFAULT_STREAM]
+    log.calls.clear()
+    runner.infer({"image": GpuArray(256 * 9999, (1, 3, 4, 4), stream=runner._stream_handle)})  # same stream
+    assert "stream_wait" not in log.names()
+
+
+def test_misaligned_gpu_input_is_refused_before_binding(runner_factory):
+    make, log = runner_factory
+    runner = make().activate()
+    with pytest.raises(UserError, match="256-byte aligned"):
+        runner.infer({"image": GpuArray(256 * 9999 + 4, (1, 3, 4, 4))})
+    assert "execute_async_v3" not in log.names()
+
+
+def test_refused_tensor_address_is_an_error_not_stale_input(runner_factory):
+    make, log = runner_factory
+    gpu_ptr = 256 * 9999
+    runner = make(address_ok=lambda p: p != gpu_ptr).activate()
+    with pytest.raises(UserError, match="refused address"):
+        runner.infer({"image": GpuArray(gpu_ptr, (1, 3, 4, 4))})
+    assert "execute_async_v3" not in log.names()
+
+
+def test_refused_address_at_activation_is_an_error(runner_factory):
+    make, _ = runner_factory
+    with pytest.raises(UserError, match="refused address"):
+        make(address_ok=lambda p: False).activate()
+
+
+def test_missing_execution_context_is_one_clear_error(runner_factory):
+    make, _ = runner_factory
+    with pytest.raises(UserError, match="execution context"):
+        make(context_ok=False).activate()
+
+
+def test_dynamic_engine_sets_the_shape_of_gpu_inputs(runner_factory):
+    make, log = runner_factory
+    runner = make(dynamic=True).activate()
+    runner.infer({"image": np.zeros((3, 3, 4, 4), np.float32)})
+    runner.infer({"image": GpuArray(256 * 9999, (1, 3, 4, 4), stream=None)})
+    executes = [i for i, c in enumerate(log.calls) if c[0] == "execute_async_v3"]
+    shapes = [c[2] for c in log.calls[executes[0]:executes[1]] if c[0] == "set_input_shape"]
+    assert shapes == [(1, 3, 4, 4)]  # not the previous host call's batch of 3
+    with pytest.raises(UserError, match="engine wants"):
+        runner.infer({"image": GpuArray(256 * 9999, (5, 3, 4, 4))})  # beyond the profile's max batch 4
