@@ -145,6 +145,21 @@ def _set_tf32(trt, config, tf32: bool) -> bool | None:
     return bool(tf32)
 
 
+def _warn_channels_last_tail(onnx_path: Path) -> None:
+    """An NHWC mask tail (made for ONNX Runtime on CPUs) becomes a resize across the class channels in TensorRT."""
+    import json
+    import sys
+
+    try:
+        tail = json.loads(onnx_path.with_suffix(".json").read_text())["output"].get("mask_tail")
+    except (OSError, ValueError, KeyError, AttributeError):
+        return
+    if tail == "nhwc":
+        print(f"warning: {onnx_path.name} has the channels-last mask tail made for ONNX Runtime on CPUs; TensorRT "
+              "resizes the last dims, so it also interpolates across the classes: export it with the NCHW tail "
+              "(lrformer-export for a TensorRT target) for engines", file=sys.stderr)
+
+
 def build_engine(
     onnx_path: str | Path,
     engine_path: str | Path | None = None,
@@ -174,6 +189,7 @@ def build_engine(
         raise UserError(f"workspace must be positive, got {workspace_gib} GiB.")
 
     trt = _import_tensorrt()
+    _warn_channels_last_tail(onnx_path)
     gpu, device = build_device(device_id)
     cache_path = (Path(timing_cache) if timing_cache is not None
                   else timing_cache_name(engine_path, trt.__version__, gpu["compute_capability"]))

@@ -30,6 +30,11 @@ FORBIDDEN_OPS = frozenset({"Gather", "GatherND", "GatherElements", "ScatterND", 
                            "Where", "Loop", "If", "Shape", "NonZero", "Range"})
 MIN_OPSET = 17
 HEADS = ("mask", "logits")
+# Layout of the mask head's Resize -> ArgMax tail. "nchw": the standard form, Resize over H, W and
+# ArgMax over axis 1; for TensorRT, whose IResizeLayer resizes the last dims (on NHWC it would be a
+# trilinear pass over the class channels). "nhwc": Transpose -> Resize -> ArgMax(axis 3), which ONNX
+# Runtime on CPUs runs several times faster (samples/bench_mask_tail.py). Same masks either way.
+MASK_TAILS = ("nchw", "nhwc")
 
 
 class VerificationFailed(UserError):
@@ -119,6 +124,15 @@ def _mask_tail(model_proto):
     return node, argmax
 
 
+def mask_tail_layout(model_proto) -> str | None:
+    """"nchw" or "nhwc" for a mask graph (from its ArgMax axis), None for a graph without the tail."""
+    resize, argmax = _mask_tail(model_proto)
+    if resize is None or argmax is None:
+        return None
+    axis = next((a.i for a in argmax.attribute if a.name == "axis"), 0)
+    return "nhwc" if axis in (3, -1) else "nchw"
+
+
 def _pre_argmax_tensor(model_proto) -> str | None:
     """Name of the stride-8 NCHW logits inside a mask graph (what the final Resize upsamples)."""
     resize, _ = _mask_tail(model_proto)
@@ -133,8 +147,10 @@ def channels_last_mask_tail(model_proto) -> bool:
     """Rewrite `Resize(NCHW) -> ArgMax(axis=1)` as `Transpose -> Resize(NHWC) -> ArgMax(axis=3)`.
 
     Same numbers (each output pixel interpolates the same four cells per class), but ArgMax then reduces
-    over contiguous memory: on ONNX Runtime CPU the tail of a 150-class 512x512 graph drops from ~144 ms
-    to ~25 ms. PyTorch cannot express a channels-last Resize, hence the graph edit. Returns True if done.
+    over contiguous memory, which ONNX Runtime on CPUs runs several times faster (figures:
+    samples/bench_mask_tail.py). Only for CPU graphs: TensorRT resizes the last dims, so on NHWC it would
+    interpolate across the class channels too. PyTorch cannot express a channels-last Resize, hence the
+    graph edit. Returns True if done.
     """
     from onnx import helper, numpy_helper
 
@@ -211,13 +227,19 @@ def export_onnx(model: LRFormerSegmentor, out_dir: str | os.PathLike, name: str 
                 size: tuple[int, int] = (512, 512), batch: int = 1, opset: int = 17, head: str = "mask",
                 dataset: DatasetPreset | None = None, variant: str | None = None,
                 verify: bool = True, tolerance: float = 1e-4, checkpoint_sha256: str | None = None,
-                quiet: bool = False) -> ExportResult:
-    """Export `model` at a fixed size and batch; write NAME.onnx and NAME.json into out_dir."""
+                quiet: bool = False, mask_tail: str = "nhwc") -> ExportResult:
+    """Export `model` at a fixed size and batch; write NAME.onnx and NAME.json into out_dir.
+
+    mask_tail ("nchw" | "nhwc", mask head only; see MASK_TAILS): "nchw" for graphs meant for a
+    TensorRT engine, "nhwc" for ONNX Runtime on CPUs. The manifest's output.mask_tail records it.
+    """
     import onnx
 
     check_export_size(size, batch)
     if head not in HEADS:
         raise UserError(f"--head must be one of {', '.join(HEADS)}, not {head!r}")
+    if mask_tail not in MASK_TAILS:
+        raise UserError(f"mask tail must be one of {', '.join(MASK_TAILS)}, not {mask_tail!r}")
     if opset < MIN_OPSET:
         raise UserError(f"opset {opset} is too old: LayerNormalization needs opset >= {MIN_OPSET}")
     variant = variant or model.cfg.name
@@ -238,7 +260,9 @@ def export_onnx(model: LRFormerSegmentor, out_dir: str | os.PathLike, name: str 
                                         input_names=["image"], output_names=[head], verbose=False)
         program.save(str(tmp), external_data=False)
         proto = onnx.load(str(tmp))
-        if head == "mask" and channels_last_mask_tail(proto):
+        if head == "mask" and mask_tail == "nhwc":
+            if not channels_last_mask_tail(proto):
+                raise RuntimeError("the mask head has no Resize -> ArgMax(axis 1) tail to make channels-last")
             onnx.save(proto, str(tmp))
         check_static_graph(proto)
         onnx.checker.check_model(proto)
@@ -252,6 +276,8 @@ def export_onnx(model: LRFormerSegmentor, out_dir: str | os.PathLike, name: str 
     if dataset is not None and dataset.num_classes != model.num_classes:
         dataset = None
     manifest = build_manifest(name, onnx_path, model, variant, dataset, size, batch, opset, head, proto)
+    if head == "mask":
+        manifest["output"]["mask_tail"] = mask_tail_layout(proto)
     manifest["export"] = {"seconds": round(seconds, 2), "nodes": len(proto.graph.node), "op_counts": op_counts(proto)}
     if checkpoint_sha256:
         manifest["model"]["checkpoint_sha256"] = checkpoint_sha256

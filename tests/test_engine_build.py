@@ -214,3 +214,33 @@ def test_engine_and_cache_are_written_atomically(fake_build, monkeypatch):
         run()
     assert engine.read_bytes() == b"OLD GOOD ENGINE"
     assert sorted(p.name for p in onnx.parent.iterdir()) == ["m.engine", "m.onnx"]  # no temporaries left
+
+
+def test_building_from_a_channels_last_mask_graph_warns(fake_build, capsys):
+    import json
+
+    run, _, onnx = fake_build
+    onnx.with_suffix(".json").write_text(json.dumps({"output": {"kind": "mask", "mask_tail": "nhwc"}}))
+    run()
+    assert "channels-last mask tail" in capsys.readouterr().err
+    onnx.with_suffix(".json").write_text(json.dumps({"output": {"kind": "mask", "mask_tail": "nchw"}}))
+    run()
+    assert "mask tail" not in capsys.readouterr().err
+
+
+def test_export_cli_tf32_flag_reaches_the_builder(monkeypatch, tmp_path):
+    from lrformer_deploy.cli import export as cli_export
+
+    args = cli_export.build_parser().parse_args(["--variant", "demo"])
+    assert args.tf32 is None
+    seen = {}
+
+    def fake_build_engine(onnx_path, **kw):
+        seen.update(kw)
+        raise EngineUnavailable("no GPU here")
+
+    monkeypatch.setattr(engine_build, "build_engine", fake_build_engine)
+    for flags, expect in (([], None), (["--tf32"], True), (["--no-tf32"], False)):
+        args = cli_export.build_parser().parse_args(["--variant", "demo", *flags])
+        assert "skipped" in cli_export._build_engine(tmp_path / "m.onnx", tmp_path / "m.json", args)
+        assert seen["tf32"] is expect

@@ -4,6 +4,8 @@ Each step writes its artifact beside a manifest; a missing TensorRT or GPU only 
 """
 from __future__ import annotations
 
+import argparse
+import importlib.util
 import json
 import sys
 import time
@@ -41,6 +43,9 @@ def build_parser() -> OneLineParser:
                    help="fail when the reduced-precision mask agrees with FP32 on fewer pixels than this fraction")
     e = p.add_argument_group("TensorRT engine")
     e.add_argument("--workspace", type=float, default=4.0, help="builder workspace limit in GiB (default 4)")
+    e.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=None,
+                   help="let TensorRT run FP32 layers in TF32 (Ampere+); default off: FP32 layers, e.g. those "
+                        "the FP16 pass kept in FP32, stay true FP32")
     ex = e.add_mutually_exclusive_group()
     ex.add_argument("--engine", action="store_true", help="fail unless the engine is built")
     ex.add_argument("--no-engine", action="store_true", help="write ONNX artifacts only")
@@ -111,7 +116,7 @@ def _build_engine(onnx_path: Path, manifest_path: Path, args) -> str:
     from ..engine_build import EngineUnavailable, build_engine
 
     try:
-        record = build_engine(onnx_path, workspace_gib=args.workspace)
+        record = build_engine(onnx_path, workspace_gib=args.workspace, tf32=args.tf32)
     except EngineUnavailable as exc:
         if args.engine:
             raise UserError(f"--engine was demanded but cannot be built: {exc}") from None
@@ -149,8 +154,11 @@ def main(argv=None) -> int:
     head = args.head or preset.get("head", "mask")
 
     t0 = time.perf_counter()
+    # A graph an engine is built from keeps the NCHW mask tail (TensorRT); CPU-only graphs get the NHWC one.
+    engine_here = args.engine or (not args.no_engine and importlib.util.find_spec("tensorrt") is not None)
     result = export_onnx(model, args.output_dir, args.name, size=tuple(size), batch=args.batch, opset=args.opset,
-                         head=head, dataset=dataset, variant=variant, checkpoint_sha256=ckpt_sha)
+                         head=head, dataset=dataset, variant=variant, checkpoint_sha256=ckpt_sha,
+                         mask_tail="nchw" if engine_here else "nhwc")
     ops = result.manifest["export"]
     print(f"onnx: {result.onnx_path} ({ops['nodes']} nodes, {result.export_seconds:.1f} s)")
     summary = {"fp32": {"onnx": str(result.onnx_path), "manifest": str(result.manifest_path),
