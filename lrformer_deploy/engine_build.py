@@ -228,7 +228,7 @@ def _build(trt, onnx_path: Path, engine_path: Path, cache_path: Path, gpu: dict,
     cache = config.create_timing_cache(previous)
     if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
         raise EngineBuildError(f"TensorRT {trt.__version__} rejected the timing cache {cache_path} (made by another "
-                               "TensorRT version or GPU?); delete it or pass another --timing-cache path")
+                               "TensorRT version or GPU?); delete it and build again")
 
     inputs = []
     profile = None
