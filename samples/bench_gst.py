@@ -68,9 +68,7 @@ def main() -> int:
         from lrformer_deploy.demo import default_model
         args.model = str(default_model())
     n = frames(video)
-    env = dict(os.environ, PATH=os.pathsep.join(d for d in os.environ["PATH"].split(os.pathsep)
-                                                 if not (Path(d).parent / "pyvenv.cfg").is_file()))
-    env.update(check.environment(env))
+    env = check.gst_environment()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         if args.frames:

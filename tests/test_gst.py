@@ -36,18 +36,10 @@ def _gst_missing() -> str | None:
 pytestmark = pytest.mark.skipif(_gst_missing() is not None, reason=_gst_missing() or "")
 
 
-def _clean_path(path: str) -> str:
-    # The embedded Python adopts the first python3 on PATH; an activated venv of another base Python
-    # (this test run's) would make it lose PyGObject. Users get the same advice from lrformer-gst --check.
-    keep = [d for d in path.split(os.pathsep) if not (Path(d).parent / "pyvenv.cfg").is_file()]
-    return os.pathsep.join(keep)
-
-
 @pytest.fixture(scope="session")
 def gst_env(tmp_path_factory) -> dict[str, str]:
-    env = dict(os.environ, PATH=_clean_path(os.environ.get("PATH", "")))
-    env["GST_REGISTRY"] = str(tmp_path_factory.mktemp("gst-registry") / "registry.bin")  # no stale cache
-    env.update(check.environment(env))
+    # PATH without this run's venv: the embedded Python would adopt it (see lrformer-gst --check).
+    env = check.gst_environment(dict(os.environ, GST_REGISTRY=str(tmp_path_factory.mktemp("gst") / "registry.bin")))
     library = subprocess.run(["gst-inspect-1.0", "python"], env=env, capture_output=True, text=True)
     if library.returncode != 0:
         pytest.skip("GStreamer's Python plugin loader is not installed (gstreamer1.0-python3-plugin-loader)")
@@ -56,7 +48,7 @@ def gst_env(tmp_path_factory) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def embedded_python(gst_env) -> str:
-    library = check.loader_library()
+    library = check.loader_library(gst_env)
     version = check.embedded_python_version(library) if library else None
     python = check.embedded_interpreter(version) if version else None
     assert python, f"cannot tell which Python {library} embeds"
@@ -158,6 +150,29 @@ def test_overlay_keeps_frame_count_size_and_timestamps(gst_env, embedded_python,
             frame = np.fromfile(tmp_path / f"in_{i}.raw", np.uint8).reshape(432, 768, 3)
             out = np.fromfile(tmp_path / f"out_{i}.raw", np.uint8).reshape(432, 768, 3)
             assert np.array_equal(out, blend(frame, seg(frame), lut, 0.6))
+
+
+def test_both_mode_overlay_on_src_and_masks_on_the_mask_pad(gst_env, clip, demo_onnx, tmp_path):
+    from lrformer_deploy.runtime import Segmenter
+    from lrformer_deploy.runtime.overlay import blend, palette_lut
+
+    raw = {k: tmp_path / f"{k}.raw" for k in ("frames", "overlay", "masks")}
+    proc = launch(gst_env, f"filesrc location={clip} ! decodebin ! videoconvert ! video/x-raw,format=BGR",
+                  f"! tee name=t t. ! queue ! filesink location={raw['frames']}",
+                  f"t. ! queue ! lrformerseg name=s model={demo_onnx} mode=both ! queue ! filesink location={raw['overlay']}",
+                  f"s.mask ! queue ! filesink location={raw['masks']}")
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    frames = np.fromfile(raw["frames"], np.uint8).reshape(-1, 432, 768, 3)
+    overlay = np.fromfile(raw["overlay"], np.uint8).reshape(-1, 432, 768, 3)
+    masks = np.fromfile(raw["masks"], np.uint8).reshape(-1, 432, 768)
+    assert len(frames) == len(overlay) == len(masks) == CLIP_FRAMES
+    with Segmenter(demo_onnx) as seg:
+        lut = palette_lut(seg.palette)
+        for i in (0, CLIP_FRAMES // 2, CLIP_FRAMES - 1):
+            expected = seg(frames[i])
+            assert np.array_equal(masks[i], expected)
+            assert np.array_equal(overlay[i], blend(frames[i], expected, lut, 0.5))
 
 
 @pytest.fixture(scope="session")

@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _path_conflict(check) -> str | None:
-    library = check.loader_library()
+    library = check.loader_library(check.gst_environment())
     version = check.embedded_python_version(library) if library else None
     python = check.embedded_interpreter(version) if version else None
     return check.path_python_conflict(python) if python else None

@@ -44,6 +44,19 @@ def environment(base: dict[str, str] | None = None) -> dict[str, str]:
             SITE_ENV: prepend(SITE_ENV, site_packages())}
 
 
+def without_venvs(path: str) -> str:
+    """PATH minus virtualenv bin folders: what GStreamer subprocesses of this tool get, so that a check
+    never makes the embedded Python adopt a venv (which would cache the loader as broken)."""
+    return os.pathsep.join(d for d in path.split(os.pathsep) if d and not (Path(d).parent / "pyvenv.cfg").is_file())
+
+
+def gst_environment(base: dict[str, str] | None = None) -> dict[str, str]:
+    """A full environment for running GStreamer with the element: base + exports, PATH without venvs."""
+    base = dict(os.environ if base is None else base)
+    base["PATH"] = without_venvs(base.get("PATH", ""))
+    return {**base, **environment(base)}
+
+
 def shell_exports() -> str:
     """`export` lines for POSIX shells (what `eval "$(lrformer-gst --env)"` runs)."""
     return "".join(f"export {k}={shlex.quote(v)}\n" for k, v in environment().items())
@@ -58,14 +71,17 @@ class Item:
 
 
 def _run(cmd: list[str], env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    # Any GStreamer start may rescan plugins: never from a venv's PATH (see without_venvs).
+    if env is None:
+        env = dict(os.environ, PATH=without_venvs(os.environ.get("PATH", "")))
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
 
 
-def loader_library() -> Path | None:
+def loader_library(env: dict[str, str] | None = None) -> Path | None:
     """libgstpython.so as GStreamer's registry knows it, or None."""
     if shutil.which("gst-inspect-1.0") is None:
         return None
-    proc = _run(["gst-inspect-1.0", "python"])
+    proc = _run(["gst-inspect-1.0", "python"], env=env)
     m = re.search(r"^\s*Filename\s+(\S+)", proc.stdout, re.M)
     return Path(m.group(1)) if proc.returncode == 0 and m else None
 
@@ -138,8 +154,8 @@ def path_python_conflict(embedded: str, environ=os.environ) -> str | None:
     return None
 
 
-def loader_blacklisted() -> bool:
-    proc = _run(["gst-inspect-1.0", "-b"])
+def loader_blacklisted(env: dict[str, str] | None = None) -> bool:
+    proc = _run(["gst-inspect-1.0", "-b"], env=env)
     return "libgstpython" in proc.stdout
 
 
@@ -157,9 +173,10 @@ def run_checks() -> list[Item]:
     m = re.search(r"GStreamer (\S+)", version)
     items.append(Item("GStreamer", True, m.group(1) if m else version.strip()))
 
-    library = loader_library()
+    safe = dict(os.environ, PATH=without_venvs(os.environ.get("PATH", "")))
+    library = loader_library(safe)
     if library is None:
-        if loader_blacklisted():
+        if loader_blacklisted(safe):
             return items + [Item("Python plugin loader", False, "GStreamer blacklisted libgstpython.so after a "
                                  "failed load (often: started from an activated virtualenv)",
                                  "rm -f ~/.cache/gstreamer-1.0/registry.*.bin (or $GST_REGISTRY), then "
@@ -178,13 +195,13 @@ def run_checks() -> list[Item]:
     if conflict:
         items.append(Item("python3 on PATH", False, f"the embedded Python would adopt it: {conflict}", NOT_IN_VENV))
     gi = probe_modules(python, ["gi", "gi.repository.Gst", "gi.repository.GstBase", "gi.repository.GstVideo"],
-                       dict(os.environ))
+                       safe)
     if gi["missing"]:
         return items + [Item("PyGObject + GStreamer bindings", False, "; ".join(f"{k}: {v}" for k, v in gi["missing"].items()),
                              "apt-get install -y python3-gst-1.0")]
     items.append(Item("PyGObject + GStreamer bindings", True, f"in {python} {gi['version']}"))
 
-    env = dict(os.environ, **environment())
+    env = gst_environment()
     ours = probe_modules(python, ["numpy", "cv2", "onnxruntime", "lrformer_deploy.runtime.segmenter"], env)
     here = sys.version_info[:2]
     if ours["missing"]:

@@ -28,13 +28,14 @@ gi.require_version("GstBase", "1.0")
 gi.require_version("GstVideo", "1.0")
 from gi.repository import GLib, GObject, Gst, GstBase, GstVideo  # noqa: E402
 
-MODES = ("overlay", "mask")
+MODES = ("overlay", "mask", "both")
 RESIZES = ("stretch", "keep-ratio")
 BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
 FORMATS = ("BGR", "RGB")
 
 _RAW = Gst.Caps.from_string(f"video/x-raw,format={{{','.join(FORMATS)}}},"
                             "width=(int)[1,32767],height=(int)[1,32767]")
+_GRAY = Gst.Caps.from_string("video/x-raw,format=GRAY8,width=(int)[1,32767],height=(int)[1,32767]")
 _SRC = Gst.Caps.from_string(f"video/x-raw,format={{{','.join(FORMATS)},GRAY8}},"
                             "width=(int)[1,32767],height=(int)[1,32767]")
 
@@ -64,6 +65,8 @@ class LrformerSeg(GstBase.BaseTransform):
     __gsttemplates__ = (
         Gst.PadTemplate.new("sink", Gst.PadDirection.SINK, Gst.PadPresence.ALWAYS, _RAW),
         Gst.PadTemplate.new("src", Gst.PadDirection.SRC, Gst.PadPresence.ALWAYS, _SRC),
+        # mode=both: the overlay on "src" and the class ids on this request pad (`name.mask ! ...`).
+        Gst.PadTemplate.new("mask", Gst.PadDirection.SRC, Gst.PadPresence.REQUEST, _GRAY),
     )
     __gproperties__ = {
         "model": (str, "model", "model file: .onnx, manifest .json, .engine or .pth (default: the demo model)",
@@ -73,7 +76,8 @@ class LrformerSeg(GstBase.BaseTransform):
         "device": (str, "device", "auto, cpu, cuda, cuda:N, tensorrt (as lrformer-infer --device)",
                    "auto", GObject.ParamFlags.READWRITE),
         "resize": (str, "resize", "stretch or keep-ratio", "stretch", GObject.ParamFlags.READWRITE),
-        "mode": (str, "mode", "overlay (same caps out as in) or mask (GRAY8 class ids at the frame size)",
+        "mode": (str, "mode", "overlay (same caps out as in), mask (GRAY8 class ids at the frame size) or both "
+                 "(overlay on src, GRAY8 on the request pad 'mask')",
                  "overlay", GObject.ParamFlags.READWRITE),
         "opacity": (float, "opacity", "mask opacity in the overlay", 0.0, 1.0, 0.5, GObject.ParamFlags.READWRITE),
     }
@@ -88,6 +92,7 @@ class LrformerSeg(GstBase.BaseTransform):
         self._in_info = None
         self._out_info = None
         self._frames = 0
+        self._mask_pad = None
         self.set_qos_enabled(False)  # never drop frames: every input frame gets its mask
 
     # ------------------------------------------------------------------ properties
@@ -178,6 +183,66 @@ class LrformerSeg(GstBase.BaseTransform):
         seg, self._seg, self._rt = self._seg, None, None
         if seg is not None:
             seg.close()
+
+    # ------------------------------------------------------------------ the mask pad (mode=both)
+    def do_request_new_pad(self, templ, name, caps):
+        if self._mask_pad is not None:
+            return None
+        pad = Gst.Pad.new_from_template(templ, "mask")
+        pad.use_fixed_caps()
+        pad.set_active(True)
+        self.add_pad(pad)
+        self._mask_pad = pad
+        return pad
+
+    def do_release_pad(self, pad):
+        # Also called while the element is disposed, when the Python attributes may be gone already.
+        if pad is getattr(self, "_mask_pad", None):
+            self._mask_pad = None
+        try:
+            pad.set_active(False)
+            self.remove_pad(pad)
+        except Exception:  # noqa: BLE001 - teardown: nothing left to report to
+            pass
+
+    def do_sink_event(self, event):
+        pad = self._mask_pad
+        if pad is not None and self._mode() == "both":
+            try:
+                self._mirror_event(pad, event)
+            except Exception:  # noqa: BLE001 - the main stream must go on; the log has the details
+                Gst.error("lrformerseg: mask pad event failed:\n" + traceback.format_exc())
+        return GstBase.BaseTransform.do_sink_event(self, event)
+
+    def _mirror_event(self, pad, event) -> None:
+        """The mask stream follows the video stream: its own stream id, GRAY8 caps, the same segment/EOS/flushes."""
+        kind = event.type
+        if kind == Gst.EventType.STREAM_START:
+            mirrored = Gst.Event.new_stream_start(f"{event.parse_stream_start()}/lrformerseg-mask")
+            ok, group = event.parse_group_id()
+            if ok:
+                mirrored.set_group_id(group)
+            pad.push_event(mirrored)
+        elif kind == Gst.EventType.CAPS:
+            s = event.parse_caps().get_structure(0).copy()
+            s.set_value("format", "GRAY8")
+            caps = Gst.Caps.new_empty()
+            caps.append_structure(s)
+            pad.push_event(Gst.Event.new_caps(caps))
+        elif kind in (Gst.EventType.SEGMENT, Gst.EventType.EOS, Gst.EventType.FLUSH_START,
+                      Gst.EventType.FLUSH_STOP, Gst.EventType.GAP):
+            pad.push_event(event)
+
+    def _push_mask(self, inbuf, mask):
+        np = self._rt["np"]
+        h, w = mask.shape
+        stride = (w + 3) // 4 * 4  # GRAY8 rows are padded to 4 bytes
+        rows = mask if stride == w else np.pad(mask, ((0, 0), (0, stride - w)))
+        buf = Gst.Buffer.new_wrapped(np.ascontiguousarray(rows).tobytes())
+        buf.pts, buf.dts, buf.duration = inbuf.pts, inbuf.dts, inbuf.duration
+        buf.offset = inbuf.offset
+        ret = self._mask_pad.push(buf)
+        return Gst.FlowReturn.OK if ret == Gst.FlowReturn.NOT_LINKED else ret
 
     # ------------------------------------------------------------------ caps
     def _mode(self) -> str:
@@ -271,6 +336,8 @@ class LrformerSeg(GstBase.BaseTransform):
             inbuf.unmap(src)
         self._post_frame(inbuf, mask, (t2 - t1) * 1000.0, (time.perf_counter() - t0) * 1000.0)
         self._frames += 1
+        if self._mode() == "both" and self._mask_pad is not None:
+            return self._push_mask(inbuf, mask)
         return Gst.FlowReturn.OK
 
     def _post_frame(self, buf, mask, infer_ms: float, total_ms: float) -> None:
