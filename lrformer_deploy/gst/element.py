@@ -5,7 +5,9 @@
 Caps: raw BGR or RGB in (`video/x-raw,format={BGR,RGB}`; put `videoconvert` in front). Out:
 - `mode=overlay` (default): the same caps, the frame with the class colours blended over it;
 - `mode=mask`: `GRAY8` at the frame size, one class id per pixel (models with more than 256 classes
-  need `overlay`, since GRAY8 cannot hold their ids).
+  need `overlay`, since GRAY8 cannot hold their ids);
+- `mode=both`: the overlay on `src` and the GRAY8 ids on the request pad `mask` (`name.mask ! ...`),
+  whose stream mirrors the input's events (its own stream id, GRAY8 caps, segment, flushes, EOS).
 Timestamps, durations and flags are the input buffer's. One element message per frame goes on the bus
 (structure `lrformerseg`: frame, pts, width, height, classes, shares, names, infer-ms, total-ms) so an
 application gets results without parsing pixels.
