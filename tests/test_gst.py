@@ -175,6 +175,34 @@ def test_both_mode_overlay_on_src_and_masks_on_the_mask_pad(gst_env, clip, demo_
             assert np.array_equal(overlay[i], blend(frames[i], expected, lut, 0.5))
 
 
+def _rows(raw: np.ndarray, count: int, h: int, w: int, channels: int) -> np.ndarray:
+    """Frames out of raw video bytes whose rows are padded to 4 bytes, as GStreamer lays them out."""
+    stride = (w * channels + 3) // 4 * 4
+    frames = raw[: count * h * stride].reshape(count, h, stride)[:, :, : w * channels]
+    return frames.reshape(count, h, w, channels) if channels > 1 else frames
+
+
+def test_caps_change_mid_stream_and_padded_rows(gst_env, demo_onnx, tmp_path):
+    """Two sizes in one stream (concat sends new caps); 162 px rows are padded in both BGR and GRAY8."""
+    from lrformer_deploy.runtime import Segmenter
+
+    frames_raw, masks_raw = tmp_path / "frames.raw", tmp_path / "masks.raw"
+    proc = launch(gst_env, "concat name=c ! videoconvert ! video/x-raw,format=BGR ! tee name=t",
+                  f"t. ! queue ! filesink location={frames_raw}",
+                  f"t. ! queue ! lrformerseg model={demo_onnx} mode=mask ! filesink location={masks_raw}",
+                  "videotestsrc num-buffers=3 pattern=ball ! video/x-raw,width=320,height=240 ! c.",
+                  "videotestsrc num-buffers=2 pattern=smpte ! video/x-raw,width=162,height=96 ! c.")
+    assert proc.returncode == 0, proc.stderr
+    frames, masks = np.fromfile(frames_raw, np.uint8), np.fromfile(masks_raw, np.uint8)
+    big_f, big_m = 3 * 240 * 320 * 3, 3 * 240 * 320
+    assert frames.size == big_f + 2 * 96 * 488 and masks.size == big_m + 2 * 96 * 164
+    pairs = list(zip(_rows(frames, 3, 240, 320, 3), _rows(masks, 3, 240, 320, 1)))
+    pairs += list(zip(_rows(frames[big_f:], 2, 96, 162, 3), _rows(masks[big_m:], 2, 96, 162, 1)))
+    with Segmenter(demo_onnx) as seg:
+        for frame, mask in pairs:
+            assert np.array_equal(mask, seg(np.ascontiguousarray(frame)))
+
+
 @pytest.fixture(scope="session")
 def c_sample(tmp_path_factory) -> Path:
     if shutil.which("pkg-config") is None or subprocess.run(["pkg-config", "--exists", "gstreamer-1.0"]).returncode:
