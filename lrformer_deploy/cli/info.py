@@ -28,17 +28,17 @@ def _fmt_grid(g) -> str:
 @cli_entry
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    # Validate everything before torch is even imported (seconds on a small machine).
+    if args.num_classes is not None and args.num_classes <= 0:
+        raise UserError(f"--num-classes must be positive, got {args.num_classes}")
+    if args.ckpt and not Path(args.ckpt).is_file():
+        raise UserError(f"checkpoint not found: {args.ckpt}")
     from ..export_onnx import check_export_size
     from ..info import model_info
     from ..model import build_model, get_config
 
-    # Validate everything before torch builds or loads anything.
     check_export_size(args.size)
-    if args.num_classes is not None and args.num_classes <= 0:
-        raise UserError(f"--num-classes must be positive, got {args.num_classes}")
     if args.ckpt:
-        if not Path(args.ckpt).is_file():
-            raise UserError(f"checkpoint not found: {args.ckpt}")
         from ..checkpoint import load_checkpoint
 
         # Like lrformer-export: a forced class count must match the checkpoint's tensors.
