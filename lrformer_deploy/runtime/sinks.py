@@ -53,7 +53,10 @@ def write_png(path: Path, image: np.ndarray) -> None:
 
 @dataclass
 class Outputs:
-    """Where results go. Any of the three may be None; `needs_overlay` tells the pipeline to draw."""
+    """Where results go. Any of the three may be None; `needs_overlay` tells the pipeline to draw.
+
+    `run_pipeline` calls `close()` then `finish(outcome)`; code that drives `write()` itself must call
+    `finish("complete")` too, or the video stays under its hidden temporary name."""
 
     video_path: Path | None = None  # overlay video for video inputs
     image_path: Path | None = None  # overlay image for a single image input
