@@ -37,7 +37,8 @@ def cli_entry(func):
                   file=sys.stderr)
             return 2
         except KeyboardInterrupt as exc:
-            print(f"interrupted ({getattr(exc, 'args', None) and exc.args[0] or 'SIGINT'})", file=sys.stderr)
+            if not getattr(exc, "reported", False):  # the command may have said what it kept, in one line
+                print(f"interrupted ({getattr(exc, 'args', None) and exc.args[0] or 'SIGINT'})", file=sys.stderr)
             return exit_code(exc)
         except BrokenPipeError:
             # The reader went away (`... | head`): stop quietly, and keep Python from complaining at exit.

@@ -362,13 +362,17 @@ def evaluate(predictors: Mapping[str, Predictor], folder: EvalFolder, num_classe
     for index, sample in enumerate(samples):
         image = read_image(sample.image)
         label = folder.read_label(sample)
+        if label.shape != image.shape[:2]:
+            # Scoring would have to resize one of them, which silently changes the result; mmseg would fail.
+            raise UserError(f"label {sample.label} is {label.shape[0]}x{label.shape[1]} but its image {sample.image} "
+                            f"is {image.shape[0]}x{image.shape[1]}: labels must have the size of their images")
         for name, predict in predictors.items():
             start = time.perf_counter()
             pred = np.asarray(predict(image))
             seconds[name] += time.perf_counter() - start
             if pred.shape != label.shape:
-                # Label files are occasionally stored at another size than their image; mmseg scores at
-                # the label's size, so the prediction follows it.
+                # A predictor that returns another size than the image (a custom callable): score at the
+                # label's size, and count it.
                 pred = cv2.resize(pred.astype(np.int32), (label.shape[1], label.shape[0]),
                                   interpolation=cv2.INTER_NEAREST)
                 resized[name] += 1

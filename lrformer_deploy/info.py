@@ -1,6 +1,8 @@
 """Parameters, multiply-accumulates and LRSA grids of an LRFormer at a given input size."""
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -15,9 +17,11 @@ def count_params(model: torch.nn.Module) -> int:
 def count_macs(model: LRFormerSegmentor, size: tuple[int, int], batch: int = 1) -> int:
     """Multiply-accumulates of convolutions and matrix products (torch's flop counter / 2), eager mode,
     i.e. with the original adaptive pooling, so the figure is comparable with the paper's."""
-    x = torch.zeros(batch, 3, *size)
+    # On the meta device: shapes only, so any size is counted without allocating its activations.
+    meta = copy.deepcopy(model).to("meta")
+    x = torch.zeros(batch, 3, *size, device="meta")
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(x)
+        meta(x)
     return counter.get_total_flops() // 2
 
 

@@ -100,7 +100,7 @@ def stand_in(monkeypatch, synth_root, tmp_path):
     paths = {}
     for name in ("perfect.onnx", "zeros.onnx"):
         paths[name] = tmp_path / name
-        paths[name].write_bytes(b"")
+        paths[name].write_bytes(b"stand-in")
     return paths, opened, folder
 
 

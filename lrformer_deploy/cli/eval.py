@@ -15,6 +15,7 @@ other images are stretched to the graph's size and the run warns how many were.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 import tempfile
@@ -23,6 +24,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from lrformer_deploy.cli.common import OneLineParser
 from lrformer_deploy.errors import UserError, cli_entry
 from lrformer_deploy.evaluation import (
     LAYOUTS, RESIZE_MODES, ModelReport, evaluate, official_test_size, open_eval_folder,
@@ -32,7 +34,7 @@ DEFAULT_SYNTHETIC_SCENES = 64
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="lrformer-eval",
         description="Evaluate segmentation models (mIoU, aAcc, mAcc) on a labelled dataset folder.")
     p.add_argument("--model", action="append", default=[], metavar="MODEL",
@@ -42,13 +44,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="several models on the same images, one table with the mIoU change vs the first")
     p.add_argument("--data", type=Path,
                    help="dataset folder (synthetic, ADE20K, Cityscapes or COCO-Stuff layout). Default: "
-                        f"{DEFAULT_SYNTHETIC_SCENES} synthetic validation scenes generated into a temporary folder")
+                        f"{DEFAULT_SYNTHETIC_SCENES} synthetic validation scenes, generated into a temporary folder "
+                        "at the (first) model's input size, the size the demo model was trained and exported for")
     p.add_argument("--layout", default="auto", choices=("auto",) + LAYOUTS, help="folder layout (default: detect)")
     p.add_argument("--split", help="split folder name (default: val, validation for ADE20K, val2017 for COCO-Stuff)")
     p.add_argument("--limit", type=int, help="evaluate only the first N images (sorted by name)")
     p.add_argument("--resize", default="stretch", choices=RESIZE_MODES,
                    help="how images reach the model's fixed input size (default: stretch)")
-    p.add_argument("--backend", default="auto", help="auto, onnxruntime, tensorrt or torch")
+    p.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "tensorrt", "torch"),
+                   help="auto, onnxruntime, tensorrt or torch")
     p.add_argument("--device", help="backend device, e.g. cuda:0 (default: the backend's choice)")
     p.add_argument("--num-classes", type=int,
                    help="number of classes, for a folder and a model that do not say it themselves")
@@ -130,62 +134,102 @@ def _print_tables(reports: list[ModelReport], extras: list[dict], header: str, p
             print("(IoU#k: model k in the table above; '-' = class in neither prediction nor labels)")
 
 
+def _check_options(args, models: list[str | None]):
+    """One validation pass before any model is loaded: numbers, the dataset folder, model files, packages."""
+    if args.limit is not None and args.limit < 1:
+        raise UserError("--limit must be at least 1")
+    if args.num_classes is not None and args.num_classes < 1:
+        raise UserError(f"--num-classes must be positive, got {args.num_classes}")
+    folder = open_eval_folder(args.data, args.layout, args.split) if args.data is not None else None
+    from lrformer_deploy.runtime.spec import resolve_model
+
+    kinds = set()
+    for m in models:
+        if m is None:
+            kinds.add("onnx")  # the demo model
+            continue
+        if not Path(m).exists():
+            raise UserError(f"model file {m} does not exist")
+        kinds.add(resolve_model(m).kind)
+    if "checkpoint" in kinds and importlib.util.find_spec("torch") is None:
+        raise UserError("a .pth model needs the torch package: pip install 'lrformer-deploy[export]'")
+    if args.backend == "tensorrt" and importlib.util.find_spec("tensorrt") is None:
+        raise UserError("--backend tensorrt needs the tensorrt package: pip install 'lrformer-deploy[tensorrt]'")
+    if args.backend in ("auto", "onnxruntime") and importlib.util.find_spec("onnxruntime") is None \
+            and kinds - {"engine"}:
+        raise UserError("running the model with ONNX Runtime needs the onnxruntime package: "
+                        "pip install 'lrformer-deploy[cpu]'")
+    return folder
+
+
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     models: list[str | None] = [str(m) for m in args.model] + [str(m) for m in args.compare]
-    for m in models:
-        if m is not None and not Path(m).exists():
-            raise UserError(f"model file {m} does not exist")
     if not models:
         models = [None]  # the runtime resolves the demo model
-    if args.limit is not None and args.limit < 1:
-        raise UserError("--limit must be at least 1")
+    folder = _check_options(args, models)
 
     with tempfile.TemporaryDirectory(prefix="lrformer-eval-") as tmp:
-        data = args.data
-        if data is None:
-            from lrformer_deploy.synthetic import write_dataset
-
-            count = args.limit or DEFAULT_SYNTHETIC_SCENES
-            data = write_dataset(Path(tmp) / "synthetic", 0, count)
-            if not args.json:
-                print(f"no --data: evaluating on {count} generated synthetic validation scenes", file=sys.stderr)
-        folder = open_eval_folder(data, args.layout, args.split)
-        if folder.missing_labels:
-            print(f"warning: {len(folder.missing_labels)} images have no label file and are skipped "
-                  f"(first: {folder.missing_labels[0]})", file=sys.stderr)
-
-        preset = None
-        if folder.dataset:
-            from lrformer_deploy.datasets import get_dataset
-
-            preset = get_dataset(folder.dataset)
-
         # The graphs are run at their own size; "official" only changes which images count as exact.
         runtime_resize = "stretch" if args.resize == "official" else args.resize
-        segs = [_open_segmenter(m, args.backend, args.device, runtime_resize) for m in models]
+        segs = []
+        try:
+            for m in models:
+                segs.append(_open_segmenter(m, args.backend, args.device, runtime_resize))
+            return _evaluate(args, models, segs, folder, Path(tmp))
+        finally:
+            for seg in segs:
+                close = getattr(seg, "close", None)
+                if close:
+                    close()
 
-        num_classes, class_names = _resolve_classes(segs, models, preset, args.num_classes, folder.layout)
 
-        predictors: dict[str, Callable[[np.ndarray], np.ndarray]] = {}
-        extras: list[dict] = []
-        mismatched: dict[str, list[tuple[int, int]]] = {}
-        used: set[str] = set()
-        short, long_ = (preset.short_side, preset.max_long_side) if preset else (512, 2048)
-        for path, seg in zip(models, segs):
-            label = _model_label(path, seg, used)
-            extras.append({"path": str(getattr(seg, "model_path", path)),
-                           "backend": str(getattr(seg, "backend_name", args.backend)),
-                           "input_size": list(getattr(seg, "input_size", ()))})
-            if args.resize == "official":
-                predictors[label] = _official_predictor(seg, *_official_scale(seg, short, long_),
-                                                        mismatched.setdefault(label, []))
-            else:
-                predictors[label] = seg
+def _evaluate(args, models, segs, folder, tmp: Path) -> int:
+    generated = None
+    if folder is None:
+        from lrformer_deploy.synthetic import write_dataset
 
-        progress = _progress_printer(not args.json and sys.stderr.isatty())
-        reports = evaluate(predictors, folder, num_classes, class_names, args.limit, progress)
+        # Scenes at the model's own input size: the demo model was trained and exported at 256x448, and
+        # stretching scenes of another shape into its graph would measure the stretch, not the model.
+        size = tuple(int(v) for v in getattr(segs[0], "input_size", (256, 448)))
+        count = args.limit or DEFAULT_SYNTHETIC_SCENES
+        data = write_dataset(tmp / "synthetic", 0, count, size=size)
+        generated = list(size)
+        if not args.json:
+            print(f"no --data: evaluating on {count} generated synthetic validation scenes of {size[0]}x{size[1]} "
+                  "(the model's input size)", file=sys.stderr)
+        folder = open_eval_folder(data, args.layout, args.split)
+    if folder.missing_labels:
+        print(f"warning: {len(folder.missing_labels)} images have no label file and are skipped "
+              f"(first: {folder.missing_labels[0]})", file=sys.stderr)
+
+    preset = None
+    if folder.dataset:
+        from lrformer_deploy.datasets import get_dataset
+
+        preset = get_dataset(folder.dataset)
+
+    num_classes, class_names = _resolve_classes(segs, models, preset, args.num_classes, folder.layout)
+
+    predictors: dict[str, Callable[[np.ndarray], np.ndarray]] = {}
+    extras: list[dict] = []
+    mismatched: dict[str, list[tuple[int, int]]] = {}
+    used: set[str] = set()
+    short, long_ = (preset.short_side, preset.max_long_side) if preset else (512, 2048)
+    for path, seg in zip(models, segs):
+        label = _model_label(path, seg, used)
+        extras.append({"path": str(getattr(seg, "model_path", path)),
+                       "backend": str(getattr(seg, "backend_name", args.backend)),
+                       "input_size": list(getattr(seg, "input_size", ()))})
+        if args.resize == "official":
+            predictors[label] = _official_predictor(seg, *_official_scale(seg, short, long_),
+                                                    mismatched.setdefault(label, []))
+        else:
+            predictors[label] = seg
+
+    progress = _progress_printer(not args.json and sys.stderr.isatty())
+    reports = evaluate(predictors, folder, num_classes, class_names, args.limit, progress)
 
     for r, extra in zip(reports, extras):
         if r.unknown_label_pixels:
@@ -202,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
 
     data_info = {"root": str(folder.root) if args.data else None, "layout": folder.layout, "split": folder.split,
                  "images": reports[0].images, "resize": args.resize, "num_classes": num_classes,
-                 "reduce_zero_label": folder.reduce_zero_label}
+                 "reduce_zero_label": folder.reduce_zero_label, "generated_scene_size": generated}
     if args.json:
         out = []
         base = reports[0].metrics.miou

@@ -5,18 +5,24 @@
     lrformer-infer 0 --model m.engine --show       # webcam 0 on TensorRT
 
 Exit status: 0 success; 1 when some images of a folder/glob could not be read (the others are done and
-each bad file is named on stderr); 2 for a user mistake (one "error: ..." line); 130 on Ctrl-C (the
-partial video is finalised and playable).
+each bad file is named on stderr); 2 for a user mistake (one "error: ..." line); 128 + signal on Ctrl-C
+(130), SIGTERM (143) or SIGHUP (129): the partial video is finalised and playable, an earlier complete
+output is never destroyed by it (the partial then goes to NAME.partial.mp4), and one line says what was kept.
+
+Outputs are written to a temporary name beside the target and renamed into place when complete; a second
+process writing the same output is refused ("... is being written by another process").
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
 from pathlib import Path
 
-from lrformer_deploy.cli.common import parse_size
+from lrformer_deploy import atomic
+from lrformer_deploy.cli.common import OneLineParser, parse_size
 from lrformer_deploy.errors import UserError, cli_entry
 
 
@@ -31,7 +37,7 @@ def _opacity(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="lrformer-infer",
         description="Segment images, folders, videos, webcams or streams with an LRFormer model.",
     )
@@ -57,9 +63,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _video_name_error(given: Path) -> UserError:
+    return UserError(f"--output {given}: the input is a video, so the overlay is a video; use a video name such as "
+                     f"{given.stem}.mp4 (for class-id PNGs per frame use --save-mask DIR)")
+
+
 def plan_outputs(source, args: argparse.Namespace):
-    """Default output names: <stem>_seg.mp4 / <stem>_seg.png next to the input; --output overrides."""
-    from lrformer_deploy.runtime.sinks import Outputs
+    """Default output names: <stem>_seg.mp4 / <stem>_seg.png next to the input; --output overrides.
+
+    The file name must say what is written: a video input needs a video suffix, an image input an image
+    suffix OpenCV can encode, a folder/glob input a folder."""
+    import cv2
+
+    from lrformer_deploy.runtime.sinks import VIDEO_SUFFIXES, Outputs
 
     out = Outputs(fps=getattr(source, "fps", 25.0))
     if args.save_mask:
@@ -67,24 +83,37 @@ def plan_outputs(source, args: argparse.Namespace):
     if args.no_overlay:
         return out
     given = Path(args.output).expanduser() if args.output else None
+    as_folder = given is not None and (given.is_dir() or args.output.endswith(("/", os.sep)))
     if source.kind == "image":
         src = source.paths[0]
-        if given is not None and (given.is_dir() or args.output.endswith(("/", os.sep))):
+        if as_folder:
             out.image_path = given / f"{src.stem}_seg.png"
         else:
             out.image_path = given or src.with_name(f"{src.stem}_seg.png")
+            if given is not None and (given.suffix.lower() in VIDEO_SUFFIXES or not cv2.haveImageWriter(str(given))):
+                raise UserError(f"--output {given}: the input is an image, so the overlay is an image; use an image "
+                                f"name such as {given.stem}.png")
         if out.image_path.resolve() == src.resolve():
             raise UserError(f"--output would overwrite the input image {src}")
     elif source.kind == "images":
         root = Path(source.description)
+        if given is not None and given.exists() and not given.is_dir():
+            raise UserError(f"--output {given} is a file; for a folder or glob of images it must be a folder")
         out.image_dir = given or root.parent / f"{root.name}_seg"
     elif source.kind == "video":
         src = Path(source.description)
-        out.video_path = given or src.with_name(f"{src.stem}_seg.mp4")
+        if as_folder:
+            out.video_path = given / f"{src.stem}_seg.mp4"
+        else:
+            out.video_path = given or src.with_name(f"{src.stem}_seg.mp4")
+            if given is not None and given.suffix.lower() not in VIDEO_SUFFIXES:
+                raise _video_name_error(given)
         if out.video_path.resolve() == src.resolve():
             raise UserError(f"--output would overwrite the input video {src}")
     else:  # webcam / stream: into the current folder
-        out.video_path = given or Path(f"{source.stem}_seg.mp4")
+        out.video_path = (given / f"{source.stem}_seg.mp4") if as_folder else (given or Path(f"{source.stem}_seg.mp4"))
+        if given is not None and not as_folder and given.suffix.lower() not in VIDEO_SUFFIXES:
+            raise _video_name_error(given)
     return out
 
 
@@ -94,26 +123,118 @@ def _quiet_decoders() -> None:
     os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
 
 
+def _need(module: str, why: str, extra: str) -> None:
+    if importlib.util.find_spec(module) is None:
+        raise UserError(f"{why} needs the {module} package: pip install 'lrformer-deploy[{extra}]'")
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    """Arguments, the model file and the optional packages the options need, before anything is opened."""
+    from lrformer_deploy.runtime.spec import resolve_model
+
+    if args.max_frames is not None and args.max_frames <= 0:
+        raise UserError("--max-frames must be a positive number")
+    kind = resolve_model(args.model).kind if args.model else "onnx"  # the demo model is an ONNX graph
+    if kind == "checkpoint":
+        _need("torch", f"a .pth model ({Path(args.model).name})", "export")
+    elif args.backend == "torch":
+        raise UserError("--backend torch runs .pth checkpoints; for .onnx/.engine models use onnxruntime or tensorrt")
+    if args.backend == "tensorrt":
+        _need("tensorrt", "--backend tensorrt", "tensorrt")
+    elif args.backend != "torch" and not (kind == "engine" and args.backend == "auto"):
+        _need("onnxruntime", "running the model with ONNX Runtime", "cpu")
+    if args.input_size is not None and (args.input_size[0] % 32 or args.input_size[1] % 32):
+        raise UserError(f"--input-size {args.input_size[0]}x{args.input_size[1]} must be a multiple of 32 on both sides")
+    if args.show:
+        from lrformer_deploy.runtime.pipeline import _open_window
+
+        _open_window()
+
+
+def _writable_file(path: Path, flag: str) -> None:
+    if path.is_dir():
+        raise UserError(f"{flag} {path} is a folder; expected a file name")
+    _writable_folder(path.parent, flag)
+
+
+def _writable_folder(folder: Path, flag: str) -> None:
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{flag}: {folder} is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"{flag}: cannot create folder {folder}: {exc.strerror or exc}") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UserError(f"{flag}: cannot write to folder {folder}: permission denied")
+
+
+def _check_outputs(outputs, json_target: str | None) -> list[Path]:
+    """Every output location usable (folders created), before the model loads. Returns the paths to lock."""
+    targets: list[Path] = []
+    for path, flag in ((outputs.video_path, "--output"), (outputs.image_path, "--output")):
+        if path is not None:
+            _writable_file(path, flag)
+            targets.append(path)
+    for folder, flag in ((outputs.image_dir, "--output"), (outputs.mask_dir, "--save-mask")):
+        if folder is not None:
+            _writable_folder(folder, flag)
+            targets.append(folder)
+    if json_target and json_target != "-":
+        path = Path(json_target).expanduser()
+        _writable_file(path, "--json")
+        targets.append(path)
+    return targets
+
+
+def _kept_line(exc: KeyboardInterrupt, partial, outputs) -> str:
+    """One line for an interrupted run: which signal, how far, and what is on disk now."""
+    signame = exc.args[0] if exc.args and isinstance(exc.args[0], str) else "SIGINT"
+    kept = []
+    if outputs.kept_video is not None:
+        note = "" if outputs.kept_video == outputs.video_path else f"; the earlier {outputs.video_path.name} is unchanged"
+        kept.append(f"playable partial video {outputs.kept_video}{note}")
+    elif outputs.video_path is not None:
+        kept.append(f"no video written ({outputs.video_path} unchanged)")
+    if outputs.image_dir is not None and outputs.written_frames:
+        kept.append(f"{outputs.written_frames} overlays in {outputs.image_dir}")
+    if outputs.mask_dir is not None and outputs.written_masks:
+        kept.append(f"{outputs.written_masks} masks in {outputs.mask_dir}")
+    return f"interrupted by {signame} after {partial.frames} frames; kept: " + (", ".join(kept) or "nothing")
+
+
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _quiet_decoders()
-    from lrformer_deploy.runtime.pipeline import PipelineOptions, run_pipeline
+    # One validation pass: options, model file, packages, input, every output location, locks. Only then
+    # is the model loaded.
+    _check_options(args)
+    from lrformer_deploy.locks import OutputLocks
     from lrformer_deploy.runtime.segmenter import Segmenter
     from lrformer_deploy.runtime.sources import open_source
 
-    if args.max_frames is not None and args.max_frames <= 0:
-        raise UserError("--max-frames must be a positive number")
     source = open_source(args.input, max_frames=args.max_frames)
     try:
         outputs = plan_outputs(source, args)
         if not outputs.needs_overlay and outputs.mask_dir is None and not args.show and not args.json:
             raise UserError("nothing to do: --no-overlay without --save-mask, --show or --json")
-        segmenter = Segmenter(args.model, backend=args.backend, device=args.device, resize=args.resize,
-                              input_size=args.input_size)
+        locks = OutputLocks(_check_outputs(outputs, args.json)).acquire()
     except BaseException:
         source.close()
         raise
+    with locks:
+        try:
+            segmenter = Segmenter(args.model, backend=args.backend, device=args.device, resize=args.resize,
+                                  input_size=args.input_size)
+        except BaseException:
+            source.close()
+            raise
+        return _run(args, source, outputs, segmenter)
+
+
+def _run(args, source, outputs, segmenter) -> int:
+    from lrformer_deploy.runtime.pipeline import PipelineOptions, run_pipeline
+
     options = PipelineOptions(opacity=args.opacity, legend=args.legend, show=args.show, progress=not args.quiet)
     summary_base = {
         "input": str(args.input),
@@ -133,10 +254,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as exc:
         partial = getattr(exc, "result", None)
         if partial is not None:
-            _write_json(args.json, {**summary_base, **partial.summary()})
-            where = summary_base["outputs"]["overlay"]
-            print(f"interrupted after {partial.frames} frames" + (f"; partial output in {where}" if where else ""),
-                  file=sys.stderr)
+            summary = {**summary_base, **partial.summary()}
+            if outputs.kept_video is not None:
+                summary["outputs"]["overlay"] = str(outputs.kept_video)
+            _write_json(args.json, summary)
+            print(_kept_line(exc, partial, outputs), file=sys.stderr)
+            exc.reported = True  # type: ignore[attr-defined]  # cli_entry prints no second line
         raise
     finally:
         segmenter.close()
@@ -164,7 +287,7 @@ def _write_json(target: str | None, data: dict) -> None:
         print(text)
         return
     try:
-        Path(target).expanduser().write_text(text + "\n")
+        atomic.write_text(Path(target).expanduser(), text + "\n")
     except OSError as exc:
         raise UserError(f"cannot write {target}: {exc.strerror or exc}") from None
 

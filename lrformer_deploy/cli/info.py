@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 from ..errors import UserError, cli_entry
 from .common import OneLineParser, parse_size
@@ -13,7 +14,8 @@ def build_parser() -> OneLineParser:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--variant", help="T, S, B, L, XL or demo (default T)")
     src.add_argument("--ckpt", help="read variant and classes from a checkpoint")
-    p.add_argument("--num-classes", type=int, default=150, help="classes for --variant (default 150)")
+    p.add_argument("--num-classes", type=int, default=None,
+                   help="classes (default 150 for --variant; with --ckpt it must match the checkpoint)")
     p.add_argument("--size", type=parse_size, default=(512, 512), help="input HxW (default 512x512)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     return p
@@ -26,6 +28,11 @@ def _fmt_grid(g) -> str:
 @cli_entry
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    # Validate everything before torch is even imported (seconds on a small machine).
+    if args.num_classes is not None and args.num_classes <= 0:
+        raise UserError(f"--num-classes must be positive, got {args.num_classes}")
+    if args.ckpt and not Path(args.ckpt).is_file():
+        raise UserError(f"checkpoint not found: {args.ckpt}")
     from ..export_onnx import check_export_size
     from ..info import model_info
     from ..model import build_model, get_config
@@ -34,15 +41,14 @@ def main(argv=None) -> int:
     if args.ckpt:
         from ..checkpoint import load_checkpoint
 
-        model = load_checkpoint(args.ckpt, verbose=False)
+        # Like lrformer-export: a forced class count must match the checkpoint's tensors.
+        model = load_checkpoint(args.ckpt, num_classes=args.num_classes, verbose=False)
     else:
-        if args.num_classes <= 0:
-            raise UserError(f"--num-classes must be positive, got {args.num_classes}")
         try:
             cfg = get_config(args.variant or "T")
         except KeyError as exc:
             raise UserError(str(exc.args[0])) from None
-        model = build_model(cfg, args.num_classes)
+        model = build_model(cfg, args.num_classes or 150)
     info = model_info(model, args.size)
     if args.json:
         print(json.dumps(info))

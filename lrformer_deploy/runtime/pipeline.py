@@ -7,13 +7,17 @@ Three worker threads joined by bounded queues, so memory stays flat however long
     writer   maps masks back to frames, draws the overlay, encodes/saves
 
 cv2, numpy and the backends release the GIL in their heavy parts, so the stages run in parallel.
-The main thread only waits, prints the progress line and shows frames (--show); Ctrl-C there stops the
-workers and the writer thread releases the video writer in a `finally`, leaving a playable partial file.
+The main thread only waits, prints the progress line and shows frames (--show); Ctrl-C, SIGTERM or SIGHUP
+there (the CLIs turn the last two into KeyboardInterrupt) stops the workers, the writer thread releases the
+video writer in a `finally`, and `Outputs.finish` keeps the playable partial file without destroying an
+earlier complete one (see sinks.py).
 """
 from __future__ import annotations
 
+import contextlib
 import queue
 import random
+import signal
 import sys
 import threading
 import time
@@ -292,6 +296,7 @@ def run_pipeline(segmenter: Any, source: Source, outputs: Outputs, options: Pipe
     start = time.perf_counter()
     for t in threads:
         t.start()
+    outcome = "failed"
     try:
         while not writer_done.wait(timeout=0.05):
             progress.update(result.frames)
@@ -299,7 +304,10 @@ def run_pipeline(segmenter: Any, source: Source, outputs: Outputs, options: Pipe
                 if _show(display[0]):
                     stop.set()  # 'q' or Esc in the window
                 display[0] = None
+        outcome = "interrupted" if errors and isinstance(errors[0], KeyboardInterrupt) else (
+            "failed" if errors else "complete")
     except KeyboardInterrupt as exc:
+        outcome = "interrupted"
         result.interrupted = True
         stop.set()
         writer_done.wait()  # let the writer release the file
@@ -314,14 +322,32 @@ def run_pipeline(segmenter: Any, source: Source, outputs: Outputs, options: Pipe
             # Workers see `stop` within ~0.1 s; an inference call in flight finishes first.
             t.join(timeout=30.0)
         source.close()
+        # A second signal must not strand the finished video under its temporary name.
+        with _signals_deferred():
+            outputs.finish(outcome)
     result.wall_s = time.perf_counter() - start
     progress.finish(result.frames)
     if errors:
         exc = errors[0]
         if isinstance(exc, KeyboardInterrupt):
             result.interrupted = True
+            exc.result = result  # type: ignore[attr-defined]
         raise exc
     return result
+
+
+@contextlib.contextmanager
+def _signals_deferred():
+    """Hold SIGINT/SIGTERM/SIGHUP until the block ends (main thread, POSIX); elsewhere a no-op."""
+    sigs = {signal.SIGINT, signal.SIGTERM} | ({signal.SIGHUP} if hasattr(signal, "SIGHUP") else set())
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def _open_window() -> None:

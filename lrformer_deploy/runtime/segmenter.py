@@ -33,6 +33,7 @@ from lrformer_deploy.runtime.spec import (
     resolve_model,
     spec_from_io,
     spec_from_manifest,
+    verify_artifact,
 )
 
 BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
@@ -211,12 +212,14 @@ class Segmenter:
             raise UserError(f"model file not found: {onnx}")
         from lrformer_deploy.runtime.backends.ort import OnnxRuntimeRunner
 
+        verify_artifact(onnx, spec, "onnx")  # never run a graph its manifest does not vouch for
         ort_device = device if device not in (None, "auto") else "auto"
         return OnnxRuntimeRunner(onnx, device=ort_device, intra_op_threads=self._threads), spec
 
     def _trt_runner(self, engine: Path, spec: ModelSpec | None, device: str | None) -> Runner:
         from lrformer_deploy.runtime.backends.trt import TensorRTRunner
 
+        verify_artifact(engine, spec, "engine")
         return TensorRTRunner(engine, spec.engine_record if spec else None, device_id=_device_index(device),
                               stream=self._stream)
 

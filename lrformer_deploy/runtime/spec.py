@@ -212,3 +212,68 @@ def resolve_model(model: str | Path) -> ResolvedModel:
     if suffix in CHECKPOINT_SUFFIXES:
         return ResolvedModel(path=path, kind="checkpoint", spec=None)
     raise UserError(f"unsupported model file {path.name}: expected .onnx, .engine, a manifest .json or a .pth checkpoint")
+
+
+# ------------------------------------------------------------------------------- artifact integrity
+_HASH_CACHE = "sha256-cache.json"
+
+
+def _hash_cache_file() -> Path:
+    from lrformer_deploy.demo import cache_dir
+
+    return cache_dir() / _HASH_CACHE
+
+
+def cached_sha256(path: Path) -> str:
+    """sha256 of `path`, hashed once per (size, mtime) and remembered in the cache folder.
+
+    Large engines take a second or more to hash; a run that loads the same file again skips that. Any
+    change of the file (a re-export, an interrupted copy) changes its size or mtime and is hashed again.
+    The cache is best-effort: an unreadable or unwritable cache only means hashing every time.
+    """
+    from lrformer_deploy import atomic
+    from lrformer_deploy.manifest import sha256_file
+
+    st = path.stat()
+    key = str(path.resolve())
+    stamp = [st.st_size, st.st_mtime_ns]
+    cache_file = _hash_cache_file()
+    try:
+        cache = json.loads(cache_file.read_text(encoding="utf-8"))
+        if not isinstance(cache, dict):
+            cache = {}
+    except (OSError, ValueError):
+        cache = {}
+    entry = cache.get(key)
+    if isinstance(entry, dict) and entry.get("stamp") == stamp and isinstance(entry.get("sha256"), str):
+        return entry["sha256"]
+    digest = sha256_file(path)
+    # Forget files that no longer exist, so the cache does not grow without bound.
+    cache = {k: v for k, v in cache.items() if Path(k).exists()}
+    cache[key] = {"stamp": stamp, "sha256": digest}
+    try:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        atomic.write_text(cache_file, json.dumps(cache, indent=1) + "\n")
+    except OSError:
+        pass
+    return digest
+
+
+def verify_artifact(path: Path, spec: ModelSpec | None, kind: str) -> None:
+    """Refuse to load `path` when its manifest records another sha256 for it (kind "onnx" or "engine").
+
+    A file replaced after its manifest was written (an interrupted re-export, a partial copy, a hand edit)
+    would otherwise run silently with the wrong weights or graph. No manifest, or a record without a
+    sha256, means nothing to check against.
+    """
+    if spec is None or spec.manifest_path is None:
+        return
+    record = ((spec.manifest or {}).get("artifacts") or {}).get(kind) or {}
+    want = record.get("sha256") if isinstance(record, dict) else None
+    if not want:
+        return
+    got = cached_sha256(path)
+    if got != str(want).lower():
+        raise UserError(f"{path} does not match its manifest {spec.manifest_path} (sha256 {got[:12]}... there, "
+                        f"{str(want)[:12]}... recorded): the file changed after export or an export was interrupted; "
+                        "export it again")
