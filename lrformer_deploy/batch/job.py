@@ -16,7 +16,9 @@ import math
 import os
 import re
 import secrets
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +33,13 @@ from lrformer_deploy.errors import UserError
 # A decode worker: Python with numpy/OpenCV/pyarrow loaded (~200 MB RSS measured) and its frames in flight.
 WORKER_BYTES = 256 << 20
 QUIET_DECODERS = {"OPENCV_FFMPEG_LOGLEVEL": "-8", "OPENCV_LOG_LEVEL": "ERROR"}
+
+
+_TERM_SIGNALS = tuple(s for s in (signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None)
+
+
+def _main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
 
 
 class JobFailed(Exception):
@@ -75,6 +84,14 @@ class JobResult:
     sizing: Sizing | None = None
 
 
+def local_cpus() -> int:
+    """CPUs this process may use (its affinity), which is what a local Ray instance is given."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
 def start_ray(address: str | None, progress: bool) -> float:
     """ray.init, quietly; returns the seconds it took. A local instance gets a fresh token for this run
     in the environment (token authentication stays on, but nothing is written to ~/.ray and Ray does not
@@ -89,12 +106,16 @@ def start_ray(address: str | None, progress: bool) -> float:
             os.environ["RAY_AUTH_MODE"] = "token"
             os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
         kwargs["include_dashboard"] = False
+        kwargs["num_cpus"] = local_cpus()  # the count plan_resources checked before Ray started
     else:
         # Workers on other machines do not inherit this process's environment.
         kwargs["runtime_env"] = {"env_vars": dict(QUIET_DECODERS)}
     import ray
     import ray.data
 
+    # ray.init installs Ray's own fatal-signal handler for SIGTERM (it aborts the process); keep ours, which
+    # unwinds through `finally` blocks so the manifest is written and Ray is shut down.
+    handlers = {sig: signal.getsignal(sig) for sig in _TERM_SIGNALS} if _main_thread() else {}
     t0 = time.perf_counter()
     try:
         ray.init(address=address, **kwargs)
@@ -103,6 +124,9 @@ def start_ray(address: str | None, progress: bool) -> float:
         what = f"cannot connect to the Ray cluster at {address}" if address else "cannot start Ray"
         raise JobFailed(f"{what}: {_ray_error(exc)}") from None
     took = time.perf_counter() - t0
+    for sig, handler in handlers.items():
+        if callable(handler):
+            signal.signal(sig, handler)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = progress
     ctx.enable_operator_progress_bars = progress
@@ -188,6 +212,7 @@ class _VideoState:
         self.frames = 0
         self.last_index = -1
         self.error: str | None = None
+        self.error_index = -1
 
 
 def _ray_error(exc: BaseException) -> str:
@@ -275,7 +300,9 @@ def _run(todo: list[Item], layout: Layout, manifest: RunManifest, opts: JobOptio
                     continue
                 state = videos[path]
                 if error:
-                    state.error = state.error or error
+                    # Ranges finish out of order: report the earliest broken frame.
+                    if state.error is None or int(index) < state.error_index:
+                        state.error, state.error_index = error, int(index)
                 else:
                     state.frames += 1
                     result.frames += 1

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from lrformer_deploy.cli.common import OneLineParser, parse_size
-from lrformer_deploy.cli.infer import _opacity
+from lrformer_deploy.cli.infer import _opacity, _quiet_decoders
 from lrformer_deploy.errors import UserError, cli_entry
 
 
@@ -131,12 +131,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.gpus_per_actor == 0 and args.backend == "tensorrt":
         raise UserError("--backend tensorrt needs GPUs: pass --gpus-per-actor")
     from lrformer_deploy.batch.inputs import plan_inputs
-    from lrformer_deploy.batch.job import JobFailed, JobOptions, run_job
+    from lrformer_deploy.batch.job import JobFailed, JobOptions, local_cpus, plan_resources, run_job
     from lrformer_deploy.batch.outputs import Layout
     from lrformer_deploy.batch.run_manifest import RunManifest, finished, load_previous
-    from lrformer_deploy.runtime.overlay import palette_lut  # noqa: F401 - fail early if OpenCV is broken
     from lrformer_deploy.runtime.spec import default_palette
 
+    if args.address is None and args.gpus_per_actor == 0:
+        # Refuse actor settings that would starve Ray's read tasks (and hang) before anything starts.
+        plan_resources(local_cpus(), 0.0, JobOptions(model="", actors=args.actors,
+                                                     cpus_per_actor=args.cpus_per_actor), local=True)
+    _quiet_decoders()
     root = Path(args.output).expanduser().resolve()
     items = plan_inputs(args.inputs, args.frames_per_task)
     model, spec = _model(args)
