@@ -11,11 +11,13 @@ stage gets a `ray_remote_args_fn` so Ray Data does not fuse it into the actor st
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import re
 import secrets
+import shutil
 import signal
 import sys
 import threading
@@ -24,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lrformer_deploy.batch.inputs import TASK_BYTES, Item
-from lrformer_deploy.batch.outputs import Layout, assemble_overlay_video, overlay_name
+from lrformer_deploy.batch.outputs import WORK, Layout, assemble_overlay_video, overlay_name
 from lrformer_deploy.batch.run_manifest import RunManifest
 from lrformer_deploy.batch.stages import BatchSegmenter, decode_images, decode_video_ranges
 from lrformer_deploy.errors import UserError
@@ -258,6 +260,8 @@ def _run(todo: list[Item], layout: Layout, manifest: RunManifest, opts: JobOptio
         manifest.set(item, "failed", frames, error)
         result.failed.append((item.path, error))
         print(f"error: {item.path}: {error}", file=stderr)
+        if item.kind == "video" and not layout.save_mask:
+            shutil.rmtree(layout.frame_mask_dir(item.stem), ignore_errors=True)
 
     def video_done(state: _VideoState) -> None:
         item = state.item
@@ -291,7 +295,9 @@ def _run(todo: list[Item], layout: Layout, manifest: RunManifest, opts: JobOptio
                                                              batch["range_rows"]):
                 path, error = str(path), str(error)
                 if kind == "image":
-                    item = by_path[path]
+                    item = by_path.get(path) or by_path.get(os.path.abspath(path))
+                    if item is None:  # a path Ray's reader spelled differently: found "pending" below
+                        continue
                     if error:
                         fail(item, error)
                     else:
@@ -323,3 +329,8 @@ def _run(todo: list[Item], layout: Layout, manifest: RunManifest, opts: JobOptio
     for state in videos.values():
         if state.pending:  # the pipeline ended without all of this video's frames
             fail(state.item, "incomplete: some frame ranges produced no result", state.frames)
+    for item in todo:
+        if manifest.records[item.path]["status"] == "pending":
+            fail(item, "no result came back from the pipeline")
+    with contextlib.suppress(OSError):
+        (layout.root / WORK).rmdir()  # temporary video masks: gone once every overlay is written
