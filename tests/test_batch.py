@@ -284,10 +284,15 @@ def test_defaults_on_two_cpus_do_not_hang_and_interrupt_then_resume(tmp_path, da
         env.pop(key, None)
     before = ray_pids()
     out = tmp_path / "out"
-    cmd = ["taskset", "-c", ",".join(map(str, sorted(os.sched_getaffinity(0))[:2])), sys.executable, "-m",
-           "lrformer_deploy.cli.batch", str(inputs), str(data["video"]), "-o", str(out), "--model", str(data["model"]),
+    two_cpus = set(sorted(os.sched_getaffinity(0))[:2])
+
+    def on_two_cpus() -> None:  # like `taskset`: the driver and every Ray process it starts see 2 CPUs
+        os.sched_setaffinity(0, two_cpus)
+
+    cmd = [sys.executable, "-m", "lrformer_deploy.cli.batch", str(inputs), str(data["video"]), "-o", str(out), "--model", str(data["model"]),
            "--batch-size", "1", "--overlay"]
-    driver = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    driver = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                              preexec_fn=on_two_cpus)
     try:
         deadline = time.time() + 180
         while time.time() < deadline and driver.poll() is None:
@@ -309,7 +314,8 @@ def test_defaults_on_two_cpus_do_not_hang_and_interrupt_then_resume(tmp_path, da
     assert done_before >= 1 and counts.get("pending", 0) >= 1, counts
 
     # Resume with the defaults; the timeout is the "never hangs" check.
-    proc = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True, timeout=240)
+    proc = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True, timeout=240,
+                          preexec_fn=on_two_cpus)
     assert proc.returncode == 0, proc.stderr
     m = manifest(out)
     assert m["counts"] == {"done": 151}
