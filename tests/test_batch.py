@@ -11,6 +11,7 @@ import json
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -50,6 +51,12 @@ def ray_pids() -> set[int]:
         if "Z" not in stat and any(key in args for key in RAY_PROCESS) and "pytest" not in args:
             pids.add(int(pid))
     return pids
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def read_masks(folder: Path) -> dict[str, np.ndarray]:
@@ -135,6 +142,7 @@ def test_user_mistakes_are_one_line_before_ray(tmp_path, data):
         ((data["frames"], "-o", out, "--cpus-per-actor", "4096"), "would hang"),
         ((data["frames"], "-o", out, "--model", tmp_path / "nope.onnx"), "model file not found"),
         ((data["frames"], "-o", out, "--batch-size", "0"), "--batch-size"),
+        ((data["frames"], "-o", out, "--address", f"127.0.0.1:{free_port()}"), "cannot reach the Ray cluster"),
     ]
     twin = tmp_path / "twin"
     twin.mkdir()

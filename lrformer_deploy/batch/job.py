@@ -123,8 +123,9 @@ def start_ray(address: str | None, progress: bool) -> float:
         ray.init(address=address, **kwargs)
     except Exception as exc:  # noqa: BLE001 - ConnectionError, RuntimeError, AuthenticationError...
         ray.shutdown()
-        what = f"cannot connect to the Ray cluster at {address}" if address else "cannot start Ray"
-        raise JobFailed(f"{what}: {_ray_error(exc)}") from None
+        if address:  # a wrong address or token is the user's to fix: one line, exit 2
+            raise UserError(f"cannot connect to the Ray cluster at {address}: {_ray_error(exc)}") from None
+        raise JobFailed(f"cannot start Ray: {_ray_error(exc)}") from None
     took = time.perf_counter() - t0
     for sig, handler in handlers.items():
         if callable(handler):

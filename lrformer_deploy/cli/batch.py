@@ -15,6 +15,7 @@ import argparse
 import importlib.util
 import os
 import re
+import socket
 import sys
 from pathlib import Path
 
@@ -49,6 +50,19 @@ def _address(text: str) -> str:
     if text == "auto" or re.fullmatch(r"(ray://)?[\w.\-\[\]:]+:\d+", text):
         return text
     raise argparse.ArgumentTypeError(f"expected 'auto', HOST:PORT or ray://HOST:PORT, got {text!r}")
+
+
+def _check_address(address: str) -> None:
+    """A HOST:PORT that does not answer is refused now: ray.init would retry it for minutes."""
+    if address == "auto":
+        return
+    hostport = address[len("ray://"):] if address.startswith("ray://") else address
+    host, _, port = hostport.rpartition(":")
+    host = host.strip("[]")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as exc:
+        raise UserError(f"cannot reach the Ray cluster at {address}: {exc.strerror or exc}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -140,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
         # Refuse actor settings that would starve Ray's read tasks (and hang) before anything starts.
         plan_resources(local_cpus(), 0.0, JobOptions(model="", actors=args.actors,
                                                      cpus_per_actor=args.cpus_per_actor), local=True)
+    if args.address:
+        _check_address(args.address)
     _quiet_decoders()
     root = Path(args.output).expanduser().resolve()
     items = plan_inputs(args.inputs, args.frames_per_task)
