@@ -340,6 +340,10 @@ def _fp32(req: BuildRequest, result: BuildResult, steps: _Steps) -> Artifact:
     from .export_onnx import default_name, export_onnx
 
     out_dir = _output_dir(req)
+    early = _reusable_before_loading(req, out_dir)
+    if early is not None:
+        with steps.step("reused FP32 graph"):
+            return early
     model, ckpt_sha = _load_model(req, result)
     variant = model.cfg.name
     preset = req.preset or {}
@@ -377,6 +381,32 @@ def _fp32(req: BuildRequest, result: BuildResult, steps: _Steps) -> Artifact:
         mf.publish([(res.onnx_path, onnx_path)], manifest, mf.manifest_path_for(onnx_path))
     return Artifact("fp32", onnx_path, mf.manifest_path_for(onnx_path), manifest,
                     seconds=time.perf_counter() - t0)
+
+
+def _reusable_before_loading(req: BuildRequest, out_dir: Path) -> Artifact | None:
+    """With a fixed name and size, an earlier export is recognised from its manifest alone (no model load)."""
+    from . import manifest as mf
+    from .manifest import sha256_file
+
+    if not (req.reuse and req.name and req.size):
+        return None
+    onnx_path = out_dir / f"{req.name}.onnx"
+    m = _manifest_if_consistent(onnx_path)
+    if m is None:
+        return None
+    model = m.get("model", {})
+    if req.checkpoint is not None:
+        same_weights = model.get("checkpoint_sha256") == sha256_file(req.checkpoint)
+        num_classes = req.num_classes or model.get("num_classes")
+        variant = req.variant or model.get("variant")
+    else:  # random weights are seeded: same variant and classes = same weights
+        same_weights = model.get("checkpoint_sha256") is None
+        num_classes, variant = req.num_classes or 150, req.variant
+    head = req.head or (req.preset or {}).get("head", "mask")
+    if not (same_weights and str(variant).lower() == str(model.get("variant")).lower()
+            and _same_fp32(m, req, req.size, head, num_classes, model.get("checkpoint_sha256"), model.get("variant"))):
+        return None
+    return Artifact("fp32", onnx_path, mf.manifest_path_for(onnx_path), m, reused=True)
 
 
 def _same_fp32(m: dict, req: BuildRequest, size, head: str, num_classes: int, ckpt_sha: str | None,
