@@ -27,6 +27,7 @@ import shutil
 import sys
 import tempfile
 import time
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -250,8 +251,14 @@ class _Steps:
     stderr is not a terminal."""
 
     def __init__(self, total: int, quiet: bool):
-        from tqdm.auto import tqdm
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:  # tqdm comes with the `export` extra; a graph-only build runs without a bar
+            quiet = True
 
+            def tqdm(**_kw):
+                return types.SimpleNamespace(set_postfix_str=lambda *_: None, update=lambda *_: None,
+                                             close=lambda: None)
         self.bar = tqdm(total=total, desc="build", unit="step", leave=False,
                         disable=quiet or not sys.stderr.isatty(), file=sys.stderr)
 
