@@ -575,8 +575,6 @@ def run_benchmark(*, model: str | None = None, variant: str | None = None, num_c
         raise UserError(f"--threads must be at least 1, got {threads}")
     threads = threads or default_threads()
     wait_note = "library defaults (idle threads spin-wait)" if spin_wait else apply_passive_wait()
-    if device == "auto":
-        device = "cuda" if (not compare and _gpu_reason() is None) else "cpu"
 
     tmp = None
     if work_dir is None:
@@ -587,6 +585,8 @@ def run_benchmark(*, model: str | None = None, variant: str | None = None, num_c
     targets: list[Target] = []
     try:
         src = resolve_source(model, variant, num_classes, size, batch, head, work)
+        if device == "auto":  # after the model is resolved: a bad --model is reported without importing torch
+            device = "cuda" if (not compare and _gpu_reason() is None) else "cpu"
         x = make_input(src.size, src.batch, src.mean, src.std, seed)
         if compare:
             targets = compare_targets(src, threads, calib, calib_count, engine_path, spin=spin_wait)

@@ -71,6 +71,8 @@ class BuildRequest:
     target: str = "tensorrt"  # what the graphs are shaped for: "tensorrt" (GPU) or "cpu" (ONNX Runtime)
     engine: str = "auto"  # auto: build when TensorRT + a GPU are here; require: fail otherwise; off
     workspace_gib: float = 4.0
+    engine_options: dict = field(default_factory=dict)  # more build_engine keywords (batch_range, ...)
+    export_options: dict = field(default_factory=dict)  # more export_onnx keywords (e.g. a dynamic batch)
     output_dir: str | os.PathLike = "engines"  # for `graph`: the graph's own folder when left at default
     name: str | None = None  # artifact stem (default lrformer-<variant>-<dataset>-<H>x<W>)
     quiet: bool = False
@@ -145,7 +147,8 @@ def check_output_dir(path: str | os.PathLike, what: str = "--output-dir") -> Pat
         with tempfile.TemporaryFile(dir=path, prefix=".write-test-"):
             pass
     except OSError as exc:
-        raise UserError(f"{what} {path} is not writable ({exc.strerror or exc.__class__.__name__})") from None
+        raise UserError(f"{what} {path} is not writable (cannot create a file there: "
+                        f"{exc.strerror or exc.__class__.__name__})") from None
     return path
 
 
@@ -372,7 +375,7 @@ def _fp32(req: BuildRequest, result: BuildResult, steps: _Steps) -> Artifact:
             with steps.step("reused FP32 graph"):
                 return Artifact("fp32", onnx_path, mf.manifest_path_for(onnx_path), m, reused=True)
 
-    kwargs = {}
+    kwargs = dict(req.export_options)
     if _accepts(export_onnx, "mask_tail"):  # wired at merge
         kwargs["mask_tail"] = "nchw" if req.target == "tensorrt" else "nhwc"
     t0 = time.perf_counter()
@@ -556,7 +559,8 @@ def _engine(req: BuildRequest, art: Artifact, steps: _Steps) -> None:
         if cache_final.is_file():
             shutil.copyfile(cache_final, staged_cache)  # reused by the build, written back only on success
         try:
-            record = build_engine(art.onnx, staged, workspace_gib=req.workspace_gib, timing_cache=staged_cache)
+            record = build_engine(art.onnx, staged, workspace_gib=req.workspace_gib, timing_cache=staged_cache,
+                                  **req.engine_options)
         except EngineUnavailable as exc:
             if req.engine == "require":
                 raise UserError(f"--engine was demanded but cannot be built: {exc.reason}") from None
