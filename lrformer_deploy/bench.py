@@ -249,9 +249,9 @@ def resolve_source(model: str | None, variant: str | None, num_classes: int, siz
             raise UserError(f"{resolved.path.name} has no manifest beside it; the benchmark needs its input shape")
         import onnx
 
-        from .build import _read_graph
+        from .build import check_graph_readable
 
-        _read_graph(resolved.path)
+        check_graph_readable(resolved.path)
         proto = onnx.load(str(resolved.path), load_external_data=False)
         inits = {i.name for i in proto.graph.initializer}
         inp = next(i for i in proto.graph.input if i.name not in inits)
@@ -274,9 +274,9 @@ def resolve_source(model: str | None, variant: str | None, num_classes: int, siz
     if onnx_path is not None and not onnx_path.is_file():
         missing, onnx_path = onnx_path, None  # only an engine can still be measured; never a stand-in
     elif onnx_path is not None:
-        from .build import _read_graph
+        from .build import check_graph_readable
 
-        _read_graph(onnx_path)
+        check_graph_readable(onnx_path)
     src = Source(label=resolved.path.name, size=tuple(g_size), batch=int(g_batch), head=g_head, mean=tuple(mean),
                  std=tuple(std), work_dir=work_dir, onnx_path=onnx_path,
                  engine_path=engine_path, engine_record=record,
@@ -380,7 +380,7 @@ def precision_graph(src: Source, precision: str, calib: str | None, calib_count:
         art = build(req)[precision]
     if art.reused:
         return art.onnx, "graph reused from an earlier run (synthetic calibration)", art
-    acc = (getattr(art, "details", None) or {}).get("accuracy") or {}
+    acc = (art.details or {}).get("accuracy") or {}
     agree = acc.get("mask_agreement", acc.get("agreement"))
     where = "synthetic scenes" if calib is None else "--calib"
     return art.onnx, (f"calibrated on {where}" + (f", mask agreement vs FP32 {agree:.4f}"

@@ -92,6 +92,7 @@ class Artifact:
     engine: Path | None = None
     engine_record: dict | None = None
     engine_skipped: str | None = None  # why no engine was built (TensorRT or a GPU missing)
+    details: dict | None = None  # precision_details of a reduced graph made by this build
 
 
 @dataclass
@@ -435,13 +436,13 @@ def _existing(req: BuildRequest) -> Artifact:
     from . import manifest as mf
 
     path = Path(req.graph)
-    _read_graph(path)
+    check_graph_readable(path)
     man = mf.manifest_path_for(path)
     m = mf.load_manifest(man) if man.is_file() else None
     return Artifact("fp32", path, man if m is not None else None, m, reused=True)
 
 
-def _read_graph(path: Path) -> None:
+def check_graph_readable(path: Path) -> None:
     """A corrupt or truncated .onnx is one UserError, not a protobuf traceback."""
     try:
         import onnx
@@ -516,10 +517,8 @@ def _reduced(req: BuildRequest, result: BuildResult, fp32: Artifact, precision: 
             mf.publish([(staged, final)], m, mf.manifest_path_for(final))
         else:  # a bare graph without manifest: nothing to describe it with, the graph alone is committed
             mf.publish([(staged, final)])
-    art = Artifact(precision, final, mf.manifest_path_for(final) if m else None, m,
-                   seconds=time.perf_counter() - t0)
-    art.details = details  # type: ignore[attr-defined]
-    return art
+    return Artifact(precision, final, mf.manifest_path_for(final) if m else None, m,
+                    seconds=time.perf_counter() - t0, details=details)
 
 
 def _graph_size(art: Artifact) -> tuple[int, int]:

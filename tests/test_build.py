@@ -6,7 +6,6 @@ work starts (and none of them exports anything). The artifact tests export the d
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys

@@ -65,7 +65,8 @@ def load_preset(name: str) -> dict:
     raise UserError(f"export preset {name!r} not found (looked for {', '.join(map(str, candidates))})")
 
 
-def request_from_args(args) -> "BuildRequest":
+def request_from_args(args):
+    """The parsed arguments as a lrformer_deploy.build.BuildRequest."""
     from ..build import BuildRequest
 
     preset = load_preset(args.preset) if args.preset else None
