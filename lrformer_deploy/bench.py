@@ -131,20 +131,6 @@ def make_input(size: tuple[int, int], batch: int, mean: Sequence[float], std: Se
     return np.ascontiguousarray(np.stack(frames).astype(np.float32))
 
 
-def write_synthetic_calibration(folder: Path, count: int, size: tuple[int, int], seed: int = 5000) -> Path:
-    """A folder of synthetic PNG scenes for INT8 calibration when the user gives no --calib."""
-    import cv2
-
-    from .synthetic import generate_scene
-
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(count):
-        path = folder / f"scene-{i:03d}.png"
-        if not path.is_file():
-            cv2.imwrite(str(path), generate_scene(seed + i, (max(size[0], 32), max(size[1], 32)))[0])
-    return folder
-
-
 # ---------------------------------------------------------------------------------------------- model
 @dataclass
 class Source:
@@ -164,7 +150,14 @@ class Source:
     num_classes: int | None = None
     checkpoint: Path | None = None
     torch_note: str = ""
+    missing_graph: Path | None = None  # the manifest names this graph, but it is not there
     _torch_model: Any = None
+
+    def no_graph(self) -> str:
+        """Why there is no ONNX graph to run, for a one-line error."""
+        if self.missing_graph is not None:
+            return f"{self.label} names the graph {self.missing_graph}, which is missing (re-export it)"
+        return f"{self.label}: no ONNX graph to run"
 
     def torch_module(self):
         """The eager nn.Module doing the graph's work (MaskHead for a mask graph); None if unknown."""
@@ -203,46 +196,27 @@ def _import_torch(why: str):
 
 def export_variant(variant: str, num_classes: int, size: tuple[int, int], batch: int, head: str,
                    work_dir: Path, checkpoint: Path | None = None) -> Path:
-    """Export random weights of `variant` (or a checkpoint) to work_dir; reuse a matching earlier export."""
+    """The FP32 graph of random weights of `variant` (or of a checkpoint) in work_dir, made by
+    lrformer_deploy.build (reused while its manifest shows the same inputs)."""
     _import_torch("exporting a model for the benchmark")
-    import torch
+    from .build import BuildRequest, build
+    from .model import get_config
 
-    from . import manifest as mf
-    from .datasets import dataset_for_num_classes
-    from .export_onnx import check_export_size, export_onnx
-    from .model import build_model, get_config
-
-    check_export_size(size, batch)
-    if checkpoint is not None:
-        from .checkpoint import load_checkpoint
-
-        model = load_checkpoint(checkpoint, verbose=False)
-        variant, num_classes = model.cfg.name, model.num_classes
-        stem = f"bench-{checkpoint.stem}"
-    else:
+    if checkpoint is None:
         try:
             variant = get_config(variant).name
         except KeyError as exc:
             raise UserError(str(exc.args[0])) from None
-        model = None
-        stem = f"bench-{variant.lower()}-random-c{num_classes}"
+    stem = f"bench-{checkpoint.stem}" if checkpoint is not None else f"bench-{variant.lower()}-random-c{num_classes}"
     name = f"{stem}-{head}-{size[0]}x{size[1]}-b{batch}"
-    onnx_path = work_dir / f"{name}.onnx"
-    man_path = mf.manifest_path_for(onnx_path)
-    if onnx_path.is_file() and man_path.is_file():
-        try:
-            m = mf.load_manifest(man_path)
-            if m["artifacts"]["onnx"]["sha256"] == mf.sha256_file(onnx_path):
-                return onnx_path  # same name = same variant, classes, head, size, batch and weights seed
-        except (UserError, KeyError):
-            pass
-    if model is None:
-        torch.manual_seed(0)
-        model = build_model(variant, num_classes)
-    print(f"exporting {name}.onnx (one-time, into {work_dir})...", file=sys.stderr)
-    export_onnx(model, work_dir, name, size=size, batch=batch, head=head,
-                dataset=dataset_for_num_classes(num_classes), variant=variant, quiet=True)
-    return onnx_path
+    req = BuildRequest(checkpoint=checkpoint, variant=None if checkpoint is not None else variant,
+                       num_classes=None if checkpoint is not None else num_classes, size=size, batch=batch,
+                       head=head, output_dir=work_dir, name=name, engine="off", quiet=True, reuse=True,
+                       target="cpu")
+    if not (work_dir / f"{name}.onnx").is_file():
+        print(f"exporting {name}.onnx (one-time, into {work_dir})...", file=sys.stderr)
+    with contextlib.redirect_stdout(sys.stderr):  # stdout is the report's
+        return build(req)["fp32"].onnx
 
 
 def resolve_source(model: str | None, variant: str | None, num_classes: int, size: tuple[int, int] | None,
@@ -275,6 +249,9 @@ def resolve_source(model: str | None, variant: str | None, num_classes: int, siz
             raise UserError(f"{resolved.path.name} has no manifest beside it; the benchmark needs its input shape")
         import onnx
 
+        from .build import check_graph_readable
+
+        check_graph_readable(resolved.path)
         proto = onnx.load(str(resolved.path), load_external_data=False)
         inits = {i.name for i in proto.graph.initializer}
         inp = next(i for i in proto.graph.input if i.name not in inits)
@@ -293,10 +270,17 @@ def resolve_source(model: str | None, variant: str | None, num_classes: int, siz
                         f"at {size[0]}x{size[1]}")
     if batch is not None and batch != g_batch:
         raise UserError(f"{resolved.path.name} has a static batch of {g_batch}; re-export with --batch {batch}")
+    missing = None
+    if onnx_path is not None and not onnx_path.is_file():
+        missing, onnx_path = onnx_path, None  # only an engine can still be measured; never a stand-in
+    elif onnx_path is not None:
+        from .build import check_graph_readable
+
+        check_graph_readable(onnx_path)
     src = Source(label=resolved.path.name, size=tuple(g_size), batch=int(g_batch), head=g_head, mean=tuple(mean),
-                 std=tuple(std), work_dir=work_dir, onnx_path=onnx_path if onnx_path and onnx_path.is_file() else None,
+                 std=tuple(std), work_dir=work_dir, onnx_path=onnx_path,
                  engine_path=engine_path, engine_record=record,
-                 variant=m.get("variant"), num_classes=m.get("num_classes"))
+                 variant=m.get("variant"), num_classes=m.get("num_classes"), missing_graph=missing)
     if src.variant is not None:
         src.torch_note = "random weights, same architecture (speed does not depend on the weights)"
     return src
@@ -378,28 +362,29 @@ def tensorrt_target(engine_path: Path, record: dict | None, precision: str, note
     return tgt
 
 
-def precision_graph(src: Source, precision: str, calib: str | None, calib_count: int) -> tuple[Path, str]:
-    """The FP16/INT8 graph beside the FP32 one (made with the precision pipeline, or reused when newer)."""
-    from .precision.pipeline import make_precision_graph, output_path
+def precision_graph(src: Source, precision: str, calib: str | None, calib_count: int,
+                    engine: str = "off") -> tuple[Path, str, Any]:
+    """The FP16/INT8 graph beside the FP32 one, made (or reused) by lrformer_deploy.build; with engine
+    "auto"/"require" also its TensorRT engine. Returns (graph, note, the build's Artifact)."""
+    from .build import BuildRequest, build
 
     assert src.onnx_path is not None
-    out = output_path(src.onnx_path, precision)
-    # Reuse only graphs made from synthetic frames: with --calib the user may have changed the data.
-    if calib is None and out.is_file() and out.stat().st_mtime >= src.onnx_path.stat().st_mtime:
-        return out, "graph reused from an earlier run (synthetic calibration)"
-    source = calib
-    if source is None and precision == "int8":
-        source = str(write_synthetic_calibration(src.work_dir / "calib-synthetic", calib_count, src.size))
-    print(f"making the {precision.upper()} graph ({calib_count} calibration frames)...", file=sys.stderr)
-    # The benchmark measures speed: a low agreement (random weights) is reported, not refused.
+    # The benchmark measures speed: a low agreement (random weights) is reported, not refused; without
+    # --calib, INT8 calibrates on synthetic scenes.
+    req = BuildRequest(graph=src.onnx_path, precisions=(precision,), calib=calib, calib_count=calib_count,
+                       check_count=2, min_agreement=0.0, synthetic_calibration=True, engine=engine, quiet=True,
+                       reuse=True, output_dir=src.onnx_path.parent)
+    print(f"{precision.upper()} graph ({calib_count} calibration frames)...", file=sys.stderr)
     # ONNX Runtime's calibrator prints progress to stdout: keep stdout for the table / JSON.
     with contextlib.redirect_stdout(sys.stderr):
-        details = make_precision_graph(src.onnx_path, precision, calib=source, calib_count=calib_count,
-                                       check_count=2, mean=src.mean, std=src.std, min_agreement=0.0)
-    acc = details.get("accuracy") or {}
+        art = build(req)[precision]
+    if art.reused:
+        return art.onnx, "graph reused from an earlier run (synthetic calibration)", art
+    acc = (art.details or {}).get("accuracy") or {}
     agree = acc.get("mask_agreement", acc.get("agreement"))
     where = "synthetic scenes" if calib is None else "--calib"
-    return out, (f"calibrated on {where}" + (f", mask agreement vs FP32 {agree:.4f}" if isinstance(agree, float) else ""))
+    return art.onnx, (f"calibrated on {where}" + (f", mask agreement vs FP32 {agree:.4f}"
+                                                   if isinstance(agree, float) else "")), art
 
 
 def _gpu_reason() -> str | None:
@@ -422,11 +407,12 @@ def _tensorrt_reason() -> str | None:
 def compare_targets(src: Source, threads: int, calib: str | None, calib_count: int,
                     engine: Path | None, spin: bool = True) -> list[Target]:
     if src.onnx_path is None:
-        raise UserError("--compare needs an ONNX graph: pass an .onnx/.json with its graph, a .pth or --variant")
+        raise UserError(src.no_graph() + "; --compare needs the graph (pass an .onnx/.json with its graph, "
+                        "a .pth or --variant)")
     targets = [torch_target(src, "cpu", threads, name="torch-eager")]
     targets.append(ort_target(src.onnx_path, "fp32", "cpu", threads, spin=spin))
     for precision in ("fp16", "int8"):
-        path, note = precision_graph(src, precision, calib, calib_count)
+        path, note, _ = precision_graph(src, precision, calib, calib_count)
         targets.append(ort_target(path, precision, "cpu", threads, note=note, spin=spin))
 
     gpu_reason = _gpu_reason()
@@ -443,34 +429,36 @@ def compare_targets(src: Source, threads: int, calib: str | None, calib_count: i
         targets.append(tensorrt_target(engine, src.engine_record if engine == src.engine_path else None,
                                        "engine", note=engine.name))
     else:
-        targets.append(_built_engine_target(src, "fp16"))
+        targets.append(_built_engine_target(src, "fp16", calib, calib_count))
     return targets
 
 
-def _built_engine_target(src: Source, precision: str) -> Target:
-    """Build a strongly typed engine from the FP16 graph (precision lives in the graph) and time it."""
-    from .engine_build import EngineUnavailable, build_engine
-    from .precision.pipeline import output_path
+def _built_engine_target(src: Source, precision: str, calib: str | None, calib_count: int) -> Target:
+    """A strongly typed engine built by lrformer_deploy.build from the FP16/INT8 graph (or the FP32 one)."""
+    if precision == "fp32":
+        from .build import BuildRequest, build
 
-    graph = output_path(src.onnx_path, precision)
-    try:
-        print(f"building a TensorRT engine from {graph.name}...", file=sys.stderr)
-        record = build_engine(graph, graph.with_suffix(".engine"))
-    except EngineUnavailable as exc:
-        return Target(f"tensorrt-{precision}", "tensorrt", precision, "cuda", skipped=exc.reason)
-    return tensorrt_target(graph.with_suffix(".engine"), record, precision, note=f"built from {graph.name}")
+        print(f"building a TensorRT engine from {src.onnx_path.name}...", file=sys.stderr)
+        art = build(BuildRequest(graph=src.onnx_path, engine="auto", quiet=True,
+                                 output_dir=src.onnx_path.parent))["fp32"]
+    else:
+        _, _, art = precision_graph(src, precision, calib, calib_count, engine="auto")
+    if art.engine is None:
+        return Target(f"tensorrt-{precision}", "tensorrt", precision, "cuda", skipped=art.engine_skipped)
+    return tensorrt_target(art.engine, art.engine_record, precision, note=f"built from {art.onnx.name}")
 
 
 def single_target(src: Source, backend: str, device: str, precision: str, threads: int,
                   calib: str | None, calib_count: int, engine: Path | None, spin: bool = True) -> Target:
     engine = engine or (src.engine_path if src.engine_path and src.engine_path.is_file() else None)
     if backend == "auto":
+        # Never a stand-in: without an engine or a graph there is nothing of this model to measure.
         if engine is not None and _tensorrt_reason() is None:
             backend = "tensorrt"
         elif src.onnx_path is not None:
             backend = "onnxruntime"
         else:
-            backend = "torch"
+            raise UserError(src.no_graph())
     if backend == "torch":
         if precision != "fp32":
             raise UserError("--backend torch measures FP32 only; use onnxruntime or tensorrt for fp16/int8")
@@ -486,25 +474,16 @@ def single_target(src: Source, backend: str, device: str, precision: str, thread
             return tensorrt_target(engine, src.engine_record if engine == src.engine_path else None, "engine",
                                    note=engine.name)
         if src.onnx_path is None:
-            raise UserError("no TensorRT engine and no ONNX graph to build one from")
-        if precision != "fp32":
-            precision_graph(src, precision, calib, calib_count)
-            tgt = _built_engine_target(src, precision)
-        else:
-            from .engine_build import EngineUnavailable, build_engine
-
-            try:
-                record = build_engine(src.onnx_path)
-            except EngineUnavailable as exc:
-                raise UserError(f"cannot build a TensorRT engine: {exc.reason}") from None
-            tgt = tensorrt_target(src.onnx_path.with_suffix(".engine"), record, "fp32")
+            raise UserError(src.no_graph() + "; no TensorRT engine either")
+        tgt = _built_engine_target(src, precision, calib, calib_count)
         if tgt.skipped:
             raise UserError(f"cannot run the tensorrt backend: {tgt.skipped}")
         return tgt
     # onnxruntime
     if src.onnx_path is None:
-        raise UserError(f"{src.label}: no ONNX graph to run with ONNX Runtime")
-    path, note = (src.onnx_path, "") if precision == "fp32" else precision_graph(src, precision, calib, calib_count)
+        raise UserError(src.no_graph())
+    path, note = ((src.onnx_path, "") if precision == "fp32"
+                  else precision_graph(src, precision, calib, calib_count)[:2])
     return ort_target(path, precision, device, threads, note=note, spin=spin)
 
 
@@ -578,8 +557,17 @@ def run_benchmark(*, model: str | None = None, variant: str | None = None, num_c
         raise UserError(f"--calib-count must be at least 1, got {calib_count}")
     if compare and (backend != "auto" or precision != "fp32"):
         raise UserError("--compare measures every backend and precision itself; drop --backend/--precision")
-    if calib is not None and not Path(calib).exists():
-        raise UserError(f"calibration source {calib} does not exist")
+    from .build import check_calibration_source, check_export_size, check_memory, check_output_dir, tensorrt_missing
+
+    if calib is not None:
+        check_calibration_source(calib)
+    if size is not None:
+        check_export_size(size, batch or 1)
+        check_memory(size, batch or 1, head, num_classes if model is None else None)
+    if backend == "tensorrt" and tensorrt_missing():
+        raise UserError(f"cannot run the tensorrt backend here: {tensorrt_missing()}")
+    if work_dir is not None:
+        check_output_dir(work_dir, "--work-dir")
     engine_path = Path(engine) if engine else None
     if engine_path is not None and not engine_path.is_file():
         raise UserError(f"engine file not found: {engine_path}")
@@ -587,8 +575,6 @@ def run_benchmark(*, model: str | None = None, variant: str | None = None, num_c
         raise UserError(f"--threads must be at least 1, got {threads}")
     threads = threads or default_threads()
     wait_note = "library defaults (idle threads spin-wait)" if spin_wait else apply_passive_wait()
-    if device == "auto":
-        device = "cuda" if (not compare and _gpu_reason() is None) else "cpu"
 
     tmp = None
     if work_dir is None:
@@ -596,10 +582,11 @@ def run_benchmark(*, model: str | None = None, variant: str | None = None, num_c
         work = Path(tmp.name)
     else:
         work = Path(work_dir)
-        work.mkdir(parents=True, exist_ok=True)
     targets: list[Target] = []
     try:
         src = resolve_source(model, variant, num_classes, size, batch, head, work)
+        if device == "auto":  # after the model is resolved: a bad --model is reported without importing torch
+            device = "cuda" if (not compare and _gpu_reason() is None) else "cpu"
         x = make_input(src.size, src.batch, src.mean, src.std, seed)
         if compare:
             targets = compare_targets(src, threads, calib, calib_count, engine_path, spin=spin_wait)

@@ -45,12 +45,10 @@ def default_model(out_dir: str | os.PathLike | None = None) -> Path:
     if importlib.util.find_spec("torch") is None:
         raise UserError("the demo model must be exported once, which needs torch "
                         "(pip install torch, or pass --model with an exported .onnx)")
-    from .checkpoint import load_checkpoint
-    from .datasets import get_dataset
-    from .export_onnx import export_onnx
+    from .build import BuildRequest, build
 
     print(f"exporting the demo model to {onnx_path} (first use only)...", file=sys.stderr)
-    model = load_checkpoint(CHECKPOINT, verbose=False)
-    export_onnx(model, out, NAME, size=PRESET["size"], head=PRESET["head"],
-                dataset=get_dataset(PRESET["dataset"]), checkpoint_sha256=want, quiet=True)
+    # The cached graph runs on ONNX Runtime on the CPU: shape it for that target.
+    build(BuildRequest(checkpoint=CHECKPOINT, dataset=PRESET["dataset"], size=PRESET["size"], head=PRESET["head"],
+                       target="cpu", engine="off", output_dir=out, name=NAME, quiet=True))
     return onnx_path

@@ -20,7 +20,9 @@ import numpy as np
 import torch
 
 from . import manifest as mf
+from .atomic import temporary_sibling
 from .datasets import DatasetPreset
+from .build import MAX_OPSET, MIN_OPSET, check_export_size  # noqa: F401 - check_export_size re-exported
 from .errors import UserError
 from .grids import head_grids, stage_grids
 from .model import LRFormerSegmentor, MaskHead, logits_to_mask
@@ -28,7 +30,6 @@ from .model import LRFormerSegmentor, MaskHead, logits_to_mask
 # Ops whose presence would mean something data-dependent slipped into the graph.
 FORBIDDEN_OPS = frozenset({"Gather", "GatherND", "GatherElements", "ScatterND", "ScatterElements",
                            "Where", "Loop", "If", "Shape", "NonZero", "Range"})
-MIN_OPSET = 17
 HEADS = ("mask", "logits")
 # Layout of the mask head's Resize -> ArgMax tail. "nchw": the standard form, Resize over H, W and
 # ArgMax over axis 1; for TensorRT, whose IResizeLayer resizes the last dims (on NHWC it would be a
@@ -53,16 +54,6 @@ class ExportResult:
 def default_name(variant: str, dataset: str | None, size: tuple[int, int], batch: int = 1) -> str:
     name = f"lrformer-{variant.lower()}-{dataset or 'custom'}-{size[0]}x{size[1]}"
     return name + (f"-b{batch}" if batch != 1 else "")
-
-
-def check_export_size(size: tuple[int, int], batch: int = 1) -> None:
-    h, w = size
-    if h <= 0 or w <= 0:
-        raise UserError(f"size {h}x{w} must be positive")
-    if h % 32 or w % 32:
-        raise UserError(f"size {h}x{w} must be a multiple of 32 on both sides (the encoder downsamples by 32)")
-    if batch <= 0:
-        raise UserError(f"batch {batch} must be at least 1")
 
 
 @contextlib.contextmanager
@@ -242,23 +233,31 @@ def export_onnx(model: LRFormerSegmentor, out_dir: str | os.PathLike, name: str 
         raise UserError(f"mask tail must be one of {', '.join(MASK_TAILS)}, not {mask_tail!r}")
     if opset < MIN_OPSET:
         raise UserError(f"opset {opset} is too old: LayerNormalization needs opset >= {MIN_OPSET}")
+    if opset > MAX_OPSET:
+        raise UserError(f"opset {opset} is not supported: the exporter writes opsets up to {MAX_OPSET}")
     variant = variant or model.cfg.name
     name = name or default_name(variant, dataset.name if dataset else None, size, batch)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     onnx_path = out_dir / f"{name}.onnx"
+    manifest_path = mf.manifest_path_for(onnx_path)
 
     model = model.eval()
     model.set_static(True)
     wrapped = MaskHead(model) if head == "mask" else model
     x = torch.zeros(batch, 3, *size)
     t0 = time.perf_counter()
-    tmp = onnx_path.with_name(onnx_path.name + ".tmp")
+    # The new graph lives under a temporary name until it is verified; only then do graph and manifest
+    # replace an earlier export (manifest last), so a failed or interrupted re-export keeps the old pair.
+    tmp = temporary_sibling(onnx_path)
     try:
-        with _quiet_exporter():
-            program = torch.onnx.export(wrapped, (x,), dynamo=True, opset_version=opset,
-                                        input_names=["image"], output_names=[head], verbose=False)
-        program.save(str(tmp), external_data=False)
+        try:
+            with _quiet_exporter():
+                program = torch.onnx.export(wrapped, (x,), dynamo=True, opset_version=opset,
+                                            input_names=["image"], output_names=[head], verbose=False)
+            program.save(str(tmp), external_data=False)
+        finally:
+            model.set_static(False)
         proto = onnx.load(str(tmp))
         if head == "mask" and mask_tail == "nhwc":
             if not channels_last_mask_tail(proto):
@@ -266,36 +265,39 @@ def export_onnx(model: LRFormerSegmentor, out_dir: str | os.PathLike, name: str 
             onnx.save(proto, str(tmp))
         check_static_graph(proto)
         onnx.checker.check_model(proto)
-        os.replace(tmp, onnx_path)
+        seconds = time.perf_counter() - t0
+
+        if dataset is not None and dataset.num_classes != model.num_classes:
+            dataset = None
+        real_opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), opset)
+        manifest = build_manifest(name, tmp, model, variant, dataset, size, batch, real_opset, head, proto)
+        manifest["artifacts"]["onnx"]["file"] = onnx_path.name
+        if head == "mask":
+            manifest["output"]["mask_tail"] = mask_tail_layout(proto)
+        manifest["export"] = {"seconds": round(seconds, 2), "nodes": len(proto.graph.node),
+                              "op_counts": op_counts(proto)}
+        if checkpoint_sha256:
+            manifest["model"]["checkpoint_sha256"] = checkpoint_sha256
+        if verify:
+            preset = dataset or _fallback_preset(model.num_classes)
+            report = verify_with_onnxruntime(tmp, model, verification_input(size, batch, preset), head)
+            limit = tolerance * max(1.0, report["logits_max_abs"])
+            report["tolerance"] = limit
+            report["passed"] = report["logits_max_abs_diff"] <= limit
+            manifest["verification"] = report
+            if not quiet:
+                extra = f", mask agreement {report['mask_agreement']:.6f}" if "mask_agreement" in report else ""
+                print(f"check: ONNX Runtime vs PyTorch max abs diff {report['logits_max_abs_diff']:.3g} "
+                      f"(tolerance {limit:.3g}){extra}")
+            if not report["passed"]:
+                where = f" (kept: the earlier {onnx_path.name})" if onnx_path.exists() else ""
+                raise VerificationFailed(f"ONNX Runtime output differs from PyTorch by "
+                                         f"{report['logits_max_abs_diff']:.3g} (> {limit:.3g}); the new graph "
+                                         f"is not trustworthy and was not written{where}")
+        mf.publish([(tmp, onnx_path)], manifest, manifest_path)
     finally:
-        model.set_static(False)
         if tmp.exists():
             tmp.unlink()
-    seconds = time.perf_counter() - t0
-
-    if dataset is not None and dataset.num_classes != model.num_classes:
-        dataset = None
-    manifest = build_manifest(name, onnx_path, model, variant, dataset, size, batch, opset, head, proto)
-    if head == "mask":
-        manifest["output"]["mask_tail"] = mask_tail_layout(proto)
-    manifest["export"] = {"seconds": round(seconds, 2), "nodes": len(proto.graph.node), "op_counts": op_counts(proto)}
-    if checkpoint_sha256:
-        manifest["model"]["checkpoint_sha256"] = checkpoint_sha256
-    if verify:
-        preset = dataset or _fallback_preset(model.num_classes)
-        report = verify_with_onnxruntime(onnx_path, model, verification_input(size, batch, preset), head)
-        limit = tolerance * max(1.0, report["logits_max_abs"])
-        report["tolerance"] = limit
-        report["passed"] = report["logits_max_abs_diff"] <= limit
-        manifest["verification"] = report
-        if not quiet:
-            extra = f", mask agreement {report['mask_agreement']:.6f}" if "mask_agreement" in report else ""
-            print(f"check: ONNX Runtime vs PyTorch max abs diff {report['logits_max_abs_diff']:.3g} "
-                  f"(tolerance {limit:.3g}){extra}")
-        if not report["passed"]:
-            raise VerificationFailed(f"ONNX Runtime output differs from PyTorch by {report['logits_max_abs_diff']:.3g} "
-                               f"(> {limit:.3g}); the graph at {onnx_path} is not trustworthy")
-    manifest_path = mf.write_manifest(mf.manifest_path_for(onnx_path), manifest)
     return ExportResult(onnx_path, manifest_path, manifest, manifest["export"]["op_counts"], seconds)
 
 

@@ -6,11 +6,14 @@ of each artifact. Field documentation: `manifest.schema.json` in this package. N
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import json
 import os
+import signal
 from pathlib import Path
+from typing import Iterator
 
 from .errors import UserError
 
@@ -51,11 +54,62 @@ def manifest_path_for(artifact: str | os.PathLike) -> Path:
 
 def write_manifest(path: str | os.PathLike, manifest: dict) -> Path:
     """Write atomically (a reader never sees half a manifest)."""
+    from .atomic import write_text
+
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_text(path, json.dumps(manifest, indent=2) + "\n")
     return path
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Defer SIGINT/SIGTERM/SIGHUP for the few renames of a commit, so a signal cannot split it; a signal
+    that arrived meanwhile is re-raised afterwards (its usual handler then runs)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    sigs = [s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None]
+    previous = {s: signal.signal(s, lambda signum, _frame: pending.append(signum)) for s in sigs}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        for s in pending:
+            signal.raise_signal(s)
+
+
+def publish(files: list[tuple[Path, Path]], manifest: dict | None = None,
+            manifest_path: str | os.PathLike | None = None) -> None:
+    """Move verified artifacts from their temporary/staging names into place, the manifest LAST.
+
+    The manifest is the commit point of an export: it is written completely to a temporary file first,
+    the old manifest is withdrawn before any file it vouches for is replaced, then the files are renamed
+    and the new manifest renamed in. Signals are held for those renames, so an interrupted re-export
+    leaves the old artifacts with their old manifest, or the new ones with the new manifest.
+    """
+    from .atomic import commit, temporary_sibling
+
+    tmp_manifest = None
+    if manifest is not None:
+        manifest_path = Path(manifest_path)
+        tmp_manifest = temporary_sibling(manifest_path)
+        tmp_manifest.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    try:
+        with _signals_held():
+            if manifest_path is not None and Path(manifest_path).exists():
+                os.unlink(manifest_path)
+            for src, dst in files:
+                commit(src, dst)
+            if tmp_manifest is not None:
+                commit(tmp_manifest, manifest_path)
+                tmp_manifest = None
+    finally:
+        if tmp_manifest is not None and tmp_manifest.exists():
+            tmp_manifest.unlink()
 
 
 def load_manifest(path: str | os.PathLike) -> dict:
@@ -86,6 +140,7 @@ def validate_manifest(manifest: dict) -> None:
     jsonschema.validate(manifest, json.loads(SCHEMA_PATH.read_text()))
 
 
-def artifact_record(path: str | os.PathLike, base: str | os.PathLike) -> dict:
+def artifact_record(path: str | os.PathLike, base: str | os.PathLike, name: str | None = None) -> dict:
+    """sha256 and size of `path`; `name` is the file name it will have (when it is still a temporary)."""
     path = Path(path)
-    return {"file": os.path.relpath(path, base), "sha256": sha256_file(path), "bytes": path.stat().st_size}
+    return {"file": name or os.path.relpath(path, base), "sha256": sha256_file(path), "bytes": path.stat().st_size}

@@ -146,14 +146,24 @@ def test_info_json_matches_reference_figures():
     assert r.returncode == 2 and r.stderr.startswith("error:") and "Traceback" not in r.stderr
 
 
-def test_cli_int8_below_agreement_threshold_is_an_error(tmp_path, shared_video):
-    """A reduced-precision graph below --min-agreement fails the export with one line (the graph stays for
-    inspection); random weights without the flag only report agreement."""
+def test_cli_int8_below_agreement_threshold_is_an_error(tmp_path, shared_video, monkeypatch, capsys):
+    """A reduced-precision graph below --min-agreement fails the export with one line and leaves no graph
+    behind; random weights without the flag only report agreement."""
+    from lrformer_deploy.cli.export import main
+    from lrformer_deploy.precision import pipeline
+    from lrformer_deploy.precision.accuracy import AccuracyBelowThreshold
+
+    def below(*args, min_agreement=None, **kwargs):  # a checkpoint whose INT8 graph disagrees with FP32
+        raise AccuracyBelowThreshold(f"mask agreement 0.5 is below {min_agreement}", {"mask_agreement": 0.5})
+
     ckpt = write_official_checkpoint(tmp_path / "demo.pth", randomized_model("demo", 6, seed=5))
-    r = _cli("--ckpt", str(ckpt), "--size", "64x64", "--output-dir", str(tmp_path / "o"), "--no-engine",
-             "--int8", "--calib", str(shared_video), "--calib-count", "4", "--min-agreement", "1.01")
-    assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert r.stderr.strip().splitlines()[-1].startswith("error:")
+    monkeypatch.setattr(pipeline, "accuracy_report", below)
+    assert main(["--ckpt", str(ckpt), "--size", "64x64", "--output-dir", str(tmp_path / "o"), "--no-engine",
+                 "--int8", "--calib", str(shared_video), "--calib-count", "4", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1].startswith("error:") and "below 0.98" in err, err
+    assert not (tmp_path / "o" / "lrformer-demo-synthetic-64x64-int8.onnx").exists()  # no orphan graph
+    monkeypatch.undo()
     r = _cli("--variant", "demo", "--num-classes", "6", "--size", "64x64", "--output-dir", str(tmp_path / "r"),
              "--no-engine", "--int8", "--calib", str(shared_video), "--calib-count", "4")
     assert r.returncode == 0, r.stderr

@@ -1,14 +1,14 @@
 """lrformer-export: checkpoint -> static FP32 ONNX (+ FP16 / INT8 graphs) -> TensorRT engine.
 
-Each step writes its artifact beside a manifest; a missing TensorRT or GPU only skips the engine.
+Argument parsing only: lrformer_deploy.build validates the request and makes every artifact (each one
+verified before it replaces an earlier export, its manifest written last); a missing TensorRT or GPU
+only skips the engine.
 """
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
-import time
 from pathlib import Path
 
 from ..errors import UserError, cli_entry
@@ -49,7 +49,11 @@ def build_parser() -> OneLineParser:
     ex = e.add_mutually_exclusive_group()
     ex.add_argument("--engine", action="store_true", help="fail unless the engine is built")
     ex.add_argument("--no-engine", action="store_true", help="write ONNX artifacts only")
+    p.add_argument("--target", choices=("tensorrt", "cpu"), default="tensorrt",
+                   help="what the graphs are shaped for: tensorrt (default; GPU) or cpu (ONNX Runtime on a CPU); "
+                        "recorded in the manifest")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    p.add_argument("--quiet", action="store_true", help="no progress bar and no per-artifact lines")
     return p
 
 
@@ -65,136 +69,57 @@ def load_preset(name: str) -> dict:
     raise UserError(f"export preset {name!r} not found (looked for {', '.join(map(str, candidates))})")
 
 
-def _resolve_dataset(name: str | None, num_classes: int):
-    from ..datasets import dataset_for_num_classes, get_dataset
+def request_from_args(args):
+    """The parsed arguments as a lrformer_deploy.build.BuildRequest."""
+    from ..build import BuildRequest
 
-    if name is None:
-        return dataset_for_num_classes(num_classes)
-    preset = get_dataset(name)
-    if preset.num_classes != num_classes:
-        raise UserError(f"dataset {preset.name} has {preset.num_classes} classes but the model has {num_classes}")
-    return preset
-
-
-def _load_model(args):
-    from ..checkpoint import load_checkpoint
-    from ..manifest import sha256_file
-    from ..model import build_model, get_config
-
-    if args.ckpt:
-        return load_checkpoint(args.ckpt, variant=args.variant, num_classes=args.num_classes), sha256_file(args.ckpt)
-    if not args.variant:
-        raise UserError("give --ckpt (a checkpoint) or --variant (random weights for structure/speed)")
-    try:
-        get_config(args.variant)
-    except KeyError as exc:
-        raise UserError(str(exc.args[0])) from None
-    print(f"note: no --ckpt, exporting LRFormer-{args.variant} with RANDOM weights", file=sys.stderr)
-    return build_model(args.variant, args.num_classes or 150), None
-
-
-def _precision_manifest(fp32_manifest: dict, onnx_path: Path, precision: str, details: dict) -> dict:
-    from .. import manifest as mf
-
-    m = json.loads(json.dumps(fp32_manifest))
-    m["name"] = onnx_path.stem
-    m["precision"] = precision
-    m["artifacts"] = {"onnx": mf.artifact_record(onnx_path, onnx_path.parent),
-                      "fp32_reference": fp32_manifest["artifacts"]["onnx"]}
-    cache = details.get("conversion", {}).get("calibration", {}).get("cache_file")
-    if cache and (onnx_path.parent / cache).is_file():
-        m["artifacts"]["calibration_cache"] = mf.artifact_record(onnx_path.parent / cache, onnx_path.parent)
-    m["precision_details"] = details
-    m.pop("verification", None)
-    m["created"] = mf.now_iso()
-    return m
-
-
-def _build_engine(onnx_path: Path, manifest_path: Path, args) -> str:
-    """Build the engine for one graph and record it; returns a one-line status."""
-    from .. import manifest as mf
-    from ..engine_build import EngineUnavailable, build_engine
-
-    try:
-        record = build_engine(onnx_path, workspace_gib=args.workspace, tf32=args.tf32)
-    except EngineUnavailable as exc:
-        if args.engine:
-            raise UserError(f"--engine was demanded but cannot be built: {exc}") from None
-        return f"engine step skipped: {exc}"
-    manifest = mf.load_manifest(manifest_path)
-    manifest["artifacts"]["engine"] = record
-    mf.write_manifest(manifest_path, manifest)
-    return f"engine: {onnx_path.parent / record['file']}"
+    preset = load_preset(args.preset) if args.preset else None
+    precisions = tuple(p for p, on in (("fp16", args.fp16), ("int8", args.int8)) if on)
+    return BuildRequest(
+        checkpoint=args.ckpt, variant=args.variant, num_classes=args.num_classes, dataset=args.dataset,
+        preset=preset, size=args.size, batch=args.batch, head=args.head, opset=args.opset, precisions=precisions,
+        calib=args.calib, calib_count=args.calib_count, calib_method=args.calib_method,
+        min_agreement=args.min_agreement, target=args.target,
+        engine="off" if args.no_engine else ("require" if args.engine else "auto"),
+        workspace_gib=args.workspace,
+        engine_options={} if args.tf32 is None else {"tf32": args.tf32}, output_dir=args.output_dir, name=args.name, quiet=args.quiet)
 
 
 @cli_entry
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    if args.int8 and not args.calib:
-        raise UserError("--int8 needs --calib (a folder of images or a video file)")
-    if args.calib and not Path(args.calib).exists():
-        raise UserError(f"calibration data not found: {args.calib}")
-    if args.batch <= 0:
-        raise UserError(f"--batch must be at least 1, got {args.batch}")
-    if args.calib_count <= 0:
-        raise UserError(f"--calib-count must be at least 1, got {args.calib_count}")
-    preset = load_preset(args.preset) if args.preset else {}
+    from ..build import build
 
-    from ..export_onnx import check_export_size, export_onnx
+    result = build(request_from_args(args))  # validates everything before loading the model
 
-    if args.size:
-        check_export_size(args.size, args.batch)  # fail before loading anything heavy
-    model, ckpt_sha = _load_model(args)
-    variant = model.cfg.name
-    dataset = _resolve_dataset(args.dataset or preset.get("dataset"), model.num_classes)
-    size = args.size or tuple(preset.get("size", {}).get(variant, ())) or None
-    if size is None:
-        side = 640 if variant in ("L", "XL") else (dataset.short_side if dataset else 512)
-        size = (side, side)
-    head = args.head or preset.get("head", "mask")
-
-    t0 = time.perf_counter()
-    # A graph an engine is built from keeps the NCHW mask tail (TensorRT); CPU-only graphs get the NHWC one.
-    engine_here = args.engine or (not args.no_engine and importlib.util.find_spec("tensorrt") is not None)
-    result = export_onnx(model, args.output_dir, args.name, size=tuple(size), batch=args.batch, opset=args.opset,
-                         head=head, dataset=dataset, variant=variant, checkpoint_sha256=ckpt_sha,
-                         mask_tail="nchw" if engine_here else "nhwc")
-    ops = result.manifest["export"]
-    print(f"onnx: {result.onnx_path} ({ops['nodes']} nodes, {result.export_seconds:.1f} s)")
-    summary = {"fp32": {"onnx": str(result.onnx_path), "manifest": str(result.manifest_path),
-                        "verification": result.manifest.get("verification")}}
-    targets = [(result.onnx_path, result.manifest_path)]
-
-    min_agreement = args.min_agreement
-    if ckpt_sha is None and min_agreement is None and (args.fp16 or args.int8):
-        # Random weights give near-tied scores everywhere, so agreement measures nothing about accuracy.
-        print("note: random weights: reduced-precision agreement is reported, not enforced", file=sys.stderr)
-        min_agreement = 0.0
-    for precision in [p for p, on in (("fp16", args.fp16), ("int8", args.int8)) if on]:
-        from .. import manifest as mf
-        from ..precision.pipeline import make_precision_graph
-
-        t1 = time.perf_counter()
-        details = make_precision_graph(result.onnx_path, precision, calib=args.calib, calib_count=args.calib_count,
-                                       calib_method=args.calib_method, mean=result.manifest["input"]["mean"],
-                                       std=result.manifest["input"]["std"], min_agreement=min_agreement)
-        out_onnx = result.onnx_path.with_name(f"{result.onnx_path.stem}-{precision}.onnx")
-        m = _precision_manifest(result.manifest, out_onnx, precision, details)
-        mpath = mf.write_manifest(mf.manifest_path_for(out_onnx), m)
-        acc = details.get("accuracy", {})
-        print(f"{precision}: {out_onnx} ({time.perf_counter() - t1:.1f} s); vs fp32: mask agreement "
-              f"{acc.get('mask_agreement', float('nan')):.4f}, logits relative error "
-              f"{acc.get('logits_rel_error', float('nan')):.3g}")
-        summary[precision] = {"onnx": str(out_onnx), "manifest": str(mpath), "accuracy": acc}
-        targets.append((out_onnx, mpath))
-
-    if not args.no_engine:
-        # Strongly typed engines: one per graph the user asked for (the reduced ones, else FP32).
-        for onnx_path, mpath in (targets[1:] or targets[:1]):
-            line = _build_engine(onnx_path, mpath, args)
-            print(line, file=sys.stderr if line.startswith("engine step skipped") else sys.stdout)
-            summary.setdefault("engines", []).append(line)
-    summary["seconds"] = round(time.perf_counter() - t0, 2)
+    fp32 = result["fp32"]
+    summary = {"fp32": {"onnx": str(fp32.onnx), "manifest": str(fp32.manifest_path),
+                        "verification": fp32.manifest.get("verification")}}
+    if not args.quiet:
+        print(f"onnx: {fp32.onnx} ({fp32.manifest['export']['nodes']} nodes, {fp32.seconds:.1f} s)")
+    for precision in ("fp16", "int8"):
+        if precision not in result.artifacts:
+            continue
+        art = result[precision]
+        acc = art.manifest["precision_details"].get("accuracy", {})
+        if not args.quiet:
+            print(f"{precision}: {art.onnx} ({art.seconds:.1f} s); vs fp32: mask agreement "
+                  f"{acc.get('mask_agreement', float('nan')):.4f}, logits relative error "
+                  f"{acc.get('logits_rel_error', float('nan')):.3g}")
+        summary[precision] = {"onnx": str(art.onnx), "manifest": str(art.manifest_path), "accuracy": acc}
+    for art in result.artifacts.values():
+        if art.engine is not None:
+            line = f"engine: {art.engine}"
+            if not args.quiet:
+                print(line)
+        elif art.engine_skipped is not None:
+            line = f"engine step skipped: {art.engine_skipped}"
+            print(line, file=sys.stderr)
+        else:
+            continue
+        summary.setdefault("engines", []).append(line)
+    summary["target"] = args.target
+    summary["seconds"] = round(result.seconds, 2)
     if args.json:
         print(json.dumps(summary, indent=2))
     return 0
