@@ -552,21 +552,24 @@ def _engine(req: BuildRequest, art: Artifact, steps: _Steps) -> None:
     from .engine_build import EngineUnavailable, build_engine
 
     engine_final = art.onnx.with_suffix(".engine")
-    cache_final = engine_final.with_suffix(".timing-cache")
-    with steps.step(f"TensorRT engine ({art.precision})"), _staging(art.onnx.parent, engine_final.stem) as stage:
-        staged, staged_cache = stage / engine_final.name, stage / cache_final.name
-        if cache_final.is_file():
-            shutil.copyfile(cache_final, staged_cache)  # reused by the build, written back only on success
+    folder = art.onnx.parent
+    with steps.step(f"TensorRT engine ({art.precision})"), _staging(folder, engine_final.stem) as stage:
+        staged = stage / engine_final.name
+        # engine_build keys its timing cache by TensorRT version and compute capability; earlier caches are
+        # copied into the stage so the build reuses the matching one, and written back only on success.
+        for cache in folder.glob(f"{engine_final.stem}.trt*.timing-cache"):
+            shutil.copyfile(cache, stage / cache.name)
         try:
-            record = build_engine(art.onnx, staged, workspace_gib=req.workspace_gib, timing_cache=staged_cache,
-                                  **req.engine_options)
+            record = build_engine(art.onnx, staged, workspace_gib=req.workspace_gib, **req.engine_options)
         except EngineUnavailable as exc:
             if req.engine == "require":
                 raise UserError(f"--engine was demanded but cannot be built: {exc.reason}") from None
             art.engine_skipped = exc.reason
             return
         record["file"] = engine_final.name
-        files = [(staged, engine_final)] + ([(staged_cache, cache_final)] if staged_cache.is_file() else [])
+        files = [(staged, engine_final)]
+        if record.get("timing_cache") and (stage / record["timing_cache"]).is_file():
+            files.append((stage / record["timing_cache"], folder / record["timing_cache"]))
         if art.manifest is not None:
             art.manifest["artifacts"]["engine"] = record
             mf.publish(files, art.manifest, art.manifest_path)

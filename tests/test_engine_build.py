@@ -229,18 +229,22 @@ def test_building_from_a_channels_last_mask_graph_warns(fake_build, capsys):
 
 
 def test_export_cli_tf32_flag_reaches_the_builder(monkeypatch, tmp_path):
+    from lrformer_deploy import build as build_mod
     from lrformer_deploy.cli import export as cli_export
 
-    args = cli_export.build_parser().parse_args(["--variant", "demo"])
-    assert args.tf32 is None
     seen = {}
 
-    def fake_build_engine(onnx_path, **kw):
+    def fake_build_engine(onnx_path, engine_path=None, **kw):
+        seen.clear()
         seen.update(kw)
         raise EngineUnavailable("no GPU here")
 
     monkeypatch.setattr(engine_build, "build_engine", fake_build_engine)
+    onnx = tmp_path / "m.onnx"
+    onnx.write_bytes(b"graph")
     for flags, expect in (([], None), (["--tf32"], True), (["--no-tf32"], False)):
-        args = cli_export.build_parser().parse_args(["--variant", "demo", *flags])
-        assert "skipped" in cli_export._build_engine(tmp_path / "m.onnx", tmp_path / "m.json", args)
-        assert seen["tf32"] is expect
+        req = cli_export.request_from_args(cli_export.build_parser().parse_args(["--variant", "demo", *flags]))
+        art = build_mod.Artifact("fp32", onnx, tmp_path / "m.json", None)
+        build_mod._engine(req, art, build_mod._Steps(0, True))
+        assert art.engine_skipped == "no GPU here"
+        assert seen.get("tf32") is expect
