@@ -26,7 +26,8 @@ def build_parser() -> OneLineParser:
     src.add_argument("--preset", help="export preset: a name in export/ (ade20k, cityscapes, ...) or a JSON path")
     g = p.add_argument_group("graph")
     g.add_argument("--size", type=parse_size, help="static input size HxW, multiples of 32 (default: preset or 512x512)")
-    g.add_argument("--batch", type=int, default=1, help="static batch size (default 1)")
+    g.add_argument("--batch", type=parse_batch, default=1,
+                   help="static batch size (default 1), or dynamic:MAX for a batch dim 1..MAX (Triton batching)")
     g.add_argument("--opset", type=int, default=17, help="ONNX opset, >= 17 (default 17)")
     g.add_argument("--head", choices=("mask", "logits"), help="mask: class ids at input size (default); logits: stride-8 scores")
     g.add_argument("--output-dir", default="engines", help="where artifacts go (default engines/)")
@@ -44,8 +45,20 @@ def build_parser() -> OneLineParser:
     ex = e.add_mutually_exclusive_group()
     ex.add_argument("--engine", action="store_true", help="fail unless the engine is built")
     ex.add_argument("--no-engine", action="store_true", help="write ONNX artifacts only")
+    p.add_argument("--triton", metavar="DIR", help="also write a Triton model repository into DIR (see lrformer-triton)")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     return p
+
+
+def parse_batch(text: str):
+    """'4' -> 4 (static); 'dynamic:8' -> ('dynamic', 8)."""
+    import argparse
+
+    kind, _, top = text.partition(":")
+    try:
+        return ("dynamic", int(top)) if kind == "dynamic" else int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--batch {text!r} is not N or dynamic:MAX") from None
 
 
 def load_preset(name: str) -> dict:
@@ -105,13 +118,14 @@ def _precision_manifest(fp32_manifest: dict, onnx_path: Path, precision: str, de
     return m
 
 
-def _build_engine(onnx_path: Path, manifest_path: Path, args) -> str:
+def _build_engine(onnx_path: Path, manifest_path: Path, args, max_batch: int | None = None) -> str:
     """Build the engine for one graph and record it; returns a one-line status."""
     from .. import manifest as mf
     from ..engine_build import EngineUnavailable, build_engine
 
     try:
-        record = build_engine(onnx_path, workspace_gib=args.workspace)
+        batch_range = (1, max_batch, max_batch) if max_batch else None  # the profile Triton batches into
+        record = build_engine(onnx_path, workspace_gib=args.workspace, batch_range=batch_range)
     except EngineUnavailable as exc:
         if args.engine:
             raise UserError(f"--engine was demanded but cannot be built: {exc}") from None
@@ -129,8 +143,17 @@ def main(argv=None) -> int:
         raise UserError("--int8 needs --calib (a folder of images or a video file)")
     if args.calib and not Path(args.calib).exists():
         raise UserError(f"calibration data not found: {args.calib}")
+    max_batch = args.batch[1] if isinstance(args.batch, tuple) else None
+    if max_batch is not None:
+        if max_batch < 2:
+            raise UserError(f"--batch dynamic:MAX needs MAX >= 2, got {max_batch}")
+        args.batch = 1
     if args.batch <= 0:
         raise UserError(f"--batch must be at least 1, got {args.batch}")
+    if args.triton:
+        from ..triton.repository import check_repository_dir
+
+        check_repository_dir(Path(args.triton))
     if args.calib_count <= 0:
         raise UserError(f"--calib-count must be at least 1, got {args.calib_count}")
     preset = load_preset(args.preset) if args.preset else {}
@@ -150,7 +173,8 @@ def main(argv=None) -> int:
 
     t0 = time.perf_counter()
     result = export_onnx(model, args.output_dir, args.name, size=tuple(size), batch=args.batch, opset=args.opset,
-                         head=head, dataset=dataset, variant=variant, checkpoint_sha256=ckpt_sha)
+                         head=head, dataset=dataset, variant=variant, checkpoint_sha256=ckpt_sha,
+                         max_batch=max_batch)
     ops = result.manifest["export"]
     print(f"onnx: {result.onnx_path} ({ops['nodes']} nodes, {result.export_seconds:.1f} s)")
     summary = {"fp32": {"onnx": str(result.onnx_path), "manifest": str(result.manifest_path),
@@ -183,9 +207,15 @@ def main(argv=None) -> int:
     if not args.no_engine:
         # Strongly typed engines: one per graph the user asked for (the reduced ones, else FP32).
         for onnx_path, mpath in (targets[1:] or targets[:1]):
-            line = _build_engine(onnx_path, mpath, args)
+            line = _build_engine(onnx_path, mpath, args, max_batch)
             print(line, file=sys.stderr if line.startswith("engine step skipped") else sys.stdout)
             summary.setdefault("engines", []).append(line)
+    if args.triton:
+        from ..triton.repository import write_repository
+
+        repo = write_repository(targets[-1][1], Path(args.triton))
+        print(f"triton: {repo.models_line()}")
+        summary["triton"] = repo.as_dict()
     summary["seconds"] = round(time.perf_counter() - t0, 2)
     if args.json:
         print(json.dumps(summary, indent=2))
