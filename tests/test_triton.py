@@ -455,3 +455,20 @@ def test_dynamic_batch_repository_config(dynamic_export, tmp_path):
     assert cfg.max_batch_size == 3 and cfg.HasField("dynamic_batching")
     assert [(t.name, t.data_type, list(t.dims)) for t in cfg.input] == [("image", mc.TYPE_FP32, [3, 256, 448])]
     assert [(t.name, t.data_type, list(t.dims)) for t in cfg.output] == [("mask", mc.TYPE_INT32, [256, 448])]
+
+
+def test_export_cli_batch_and_triton_user_errors(tmp_path, capsys):
+    from lrformer_deploy.cli.export import main
+
+    afile = tmp_path / "file"
+    afile.write_text("x")
+    for argv in (["--batch", "dynamic:1"], ["--batch", "dynamic:x"], ["--batch", "lots"],
+                 ["--batch", "dynamic:4", "--triton", str(afile)]):
+        try:
+            code = main(["--variant", "demo", "--output-dir", str(tmp_path / "out"), *argv])
+        except SystemExit as exc:  # argparse's own errors exit from inside the parser
+            code = exc.code
+        assert code == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "out").exists()
