@@ -70,7 +70,7 @@ def in_process(model, frames, threads) -> dict:
     return {"frames_per_s": round(len(frames) / wall, 2), **percentiles(lat)}
 
 
-def through_server(url: str, protocol: str, name: str, frames, clients: int) -> dict:
+def through_server(url: str, stats_url: str, protocol: str, name: str, frames, clients: int) -> dict:
     if protocol == "grpc":
         import tritonclient.grpc as tc
     else:
@@ -84,11 +84,12 @@ def through_server(url: str, protocol: str, name: str, frames, clients: int) -> 
     lat: list[float] = []
     lock = threading.Lock()
     shares = [frames[i::clients] for i in range(clients)]
-    conns = [tc.InferenceServerClient(url) for _ in range(clients)]
-    for c in conns:
-        request(c, frames[0])  # warm-up, one per connection
+    ready = threading.Barrier(clients + 1)
 
-    def loop(client, share):
+    def loop(share):
+        client = tc.InferenceServerClient(url)  # HTTP clients are gevent-based: one per thread, made there
+        request(client, frames[0])  # warm-up
+        ready.wait()
         mine = []
         for f in share:
             t = time.perf_counter()
@@ -97,17 +98,19 @@ def through_server(url: str, protocol: str, name: str, frames, clients: int) -> 
         with lock:
             lat.extend(mine)
 
-    threads = [threading.Thread(target=loop, args=(c, s)) for c, s in zip(conns, shares)]
-    t0 = time.perf_counter()
+    threads = [threading.Thread(target=loop, args=(s,)) for s in shares]
     for t in threads:
         t.start()
+    ready.wait()
+    t0 = time.perf_counter()
     for t in threads:
         t.join()
     wall = time.perf_counter() - t0
     stats = None
     try:
-        s = conns[0].get_inference_statistics(name)
-        s = s["model_stats"][0] if isinstance(s, dict) else None
+        import tritonclient.http as th
+
+        s = th.InferenceServerClient(stats_url).get_inference_statistics(name)["model_stats"][0]
         if s:
             stats = {"inferences": int(s["inference_count"]), "executions": int(s["execution_count"])}
     except Exception:  # statistics are informative only
@@ -167,7 +170,7 @@ def main() -> int:
         start_s = time.perf_counter() - t0
         url = f"127.0.0.1:{http if args.protocol == 'http' else grpc}"
         for clients in args.clients:
-            r = through_server(url, args.protocol, name, frames, clients)
+            r = through_server(url, f"127.0.0.1:{http}", args.protocol, name, frames, clients)
             r["ratio_to_in_process"] = round(r["frames_per_s"] / base["frames_per_s"], 3)
             results.append(r)
     finally:

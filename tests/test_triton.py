@@ -472,3 +472,39 @@ def test_export_cli_batch_and_triton_user_errors(tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "out").exists()
+
+
+def test_repository_plan_config_from_engine_record(tmp_path, tiny_model):
+    """The plan config is derived from the manifest's engine record (no TensorRT needed to write it)."""
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    from lrformer_deploy.triton.repository import write_repository
+
+    onnx_path = tiny_model(head="mask", size=(64, 96))
+    manifest_path = onnx_path.with_suffix(".json")
+    manifest = json.loads(manifest_path.read_text())
+    plan_bytes = b"not a real plan: the writer only copies it"
+    (onnx_path.parent / "tiny.engine").write_bytes(plan_bytes)
+    manifest["artifacts"]["engine"] = {
+        "file": "tiny.engine", "tensorrt": "10.8.0", "gpu": "NVIDIA L4", "compute_capability": "8.9",
+        "build_options": {"optimization_profile": None},
+        "inputs": [{"name": "image", "shape": [1, 3, 64, 96], "dtype": "DataType.FLOAT"}],
+        "outputs": [{"name": "mask", "dtype": "DataType.INT32"}]}
+    manifest_path.write_text(json.dumps(manifest))
+    repo = write_repository(manifest_path, tmp_path / "repo")
+    assert repo.plan
+    gpu = parse_config(tmp_path / "repo" / "tiny" / "configs" / "gpu.pbtxt")
+    assert gpu.platform == "tensorrt_plan" and dict(gpu.cc_model_filenames) == {"8.9": gpu.default_model_filename}
+    assert (tmp_path / "repo" / "tiny" / "1" / gpu.default_model_filename).read_bytes() == plan_bytes
+    assert gpu.max_batch_size == 0
+    assert [(t.name, t.data_type, list(t.dims)) for t in gpu.input] == [("image", mc.TYPE_FP32, [1, 3, 64, 96])]
+    assert [(t.name, t.data_type, list(t.dims)) for t in gpu.output] == [("mask", mc.TYPE_INT32, [1, 64, 96])]
+    assert [g.kind for g in gpu.instance_group] == [mc.ModelInstanceGroup.KIND_GPU]
+    cpu = parse_config(tmp_path / "repo" / "tiny" / "config.pbtxt")
+    assert cpu.platform == "onnxruntime_onnx"
+    # The frames model runs the same files: its manifest points at them inside the repository.
+    frames_manifest = json.loads((tmp_path / "repo" / "tiny_frames" / "1" / "model.json").read_text())
+    folder = tmp_path / "repo" / "tiny_frames" / "1"
+    assert (folder / frames_manifest["artifacts"]["engine"]["file"]).resolve() == \
+        (tmp_path / "repo" / "tiny" / "1" / gpu.default_model_filename).resolve()
+    assert (folder / frames_manifest["artifacts"]["onnx"]["file"]).read_bytes() == onnx_path.read_bytes()

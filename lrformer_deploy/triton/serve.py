@@ -159,7 +159,7 @@ class Server:
         config = TritonConfig(http_address=self.host, http_port=self.http_port, grpc_address=self.host,
                               grpc_port=self.grpc_port, allow_metrics=self.metrics_port is not None,
                               metrics_port=self.metrics_port, metrics_address=self.host if self.metrics_port else None,
-                              log_file=self.log_path, log_verbose=0, exit_timeout_secs=5)
+                              log_file=self.log_path, log_verbose=0, exit_timeout_secs=30)
         try:
             # PyTriton guards these endpoints with a generated token; statistics stay readable so that users
             # (and the tests) can see the dynamic batcher at work. Loading/unloading models stays guarded.
