@@ -95,6 +95,7 @@ def through_server(url: str, stats_url: str, protocol: str, name: str, frames, c
             t = time.perf_counter()
             request(client, f)
             mine.append(time.perf_counter() - t)
+        client.close()
         with lock:
             lat.extend(mine)
 
@@ -174,6 +175,7 @@ def main() -> int:
             r["ratio_to_in_process"] = round(r["frames_per_s"] / base["frames_per_s"], 3)
             results.append(r)
     finally:
+        probe.close()
         t1 = time.perf_counter()
         proc.send_signal(signal.SIGTERM)
         proc.wait(120)

@@ -156,10 +156,12 @@ class Server:
         prepare_environment()
         logging.getLogger("pytriton").setLevel(logging.ERROR)
         self._log_dir = tempfile.TemporaryDirectory(prefix="lrformer-serve-")
+        # On stop, Triton waits for open client connections up to exit_timeout_secs, then ends the model
+        # processes anyway: 10 s lets requests in flight finish without holding Ctrl-C for long.
         config = TritonConfig(http_address=self.host, http_port=self.http_port, grpc_address=self.host,
                               grpc_port=self.grpc_port, allow_metrics=self.metrics_port is not None,
                               metrics_port=self.metrics_port, metrics_address=self.host if self.metrics_port else None,
-                              log_file=self.log_path, log_verbose=0, exit_timeout_secs=30)
+                              log_file=self.log_path, log_verbose=0, exit_timeout_secs=10)
         try:
             # PyTriton guards these endpoints with a generated token; statistics stay readable so that users
             # (and the tests) can see the dynamic batcher at work. Loading/unloading models stays guarded.
