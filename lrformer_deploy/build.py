@@ -367,7 +367,9 @@ def _fp32(req: BuildRequest, result: BuildResult, steps: _Steps) -> Artifact:
     head = req.head or preset.get("head", "mask")
     check_export_size(size, req.batch)
     check_memory(size, req.batch, head, model.num_classes)
-    name = req.name or default_name(variant, dataset.name if dataset else None, size, req.batch)
+    name = req.name or default_name(variant, dataset.name if dataset else None, size,
+                                    f"dyn{req.export_options['max_batch']}" if req.export_options.get("max_batch")
+                                    else req.batch)
     onnx_path = out_dir / f"{name}.onnx"
 
     if req.reuse:

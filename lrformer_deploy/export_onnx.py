@@ -78,15 +78,93 @@ def op_counts(model_proto) -> dict[str, int]:
     return dict(collections.Counter(n.op_type for n in model_proto.graph.node).most_common())
 
 
-def check_static_graph(model_proto) -> None:
-    """Raise if the graph has data-dependent ops or a non-static input/output shape."""
-    bad = sorted({n.op_type for n in model_proto.graph.node} & FORBIDDEN_OPS)
+def check_static_graph(model_proto, dynamic_batch: bool = False) -> None:
+    """Raise if the graph has data-dependent ops or a non-static input/output shape.
+
+    With dynamic_batch, dim 0 of the input/output is symbolic and Shape may appear only as
+    `batch_size_reads` leaves it: reading dim 0 alone, concatenated with constants, into a Resize's sizes.
+    """
+    ops = {n.op_type for n in model_proto.graph.node}
+    bad = sorted(ops & FORBIDDEN_OPS - ({"Shape"} if dynamic_batch else set()))
     if bad:
         raise RuntimeError(f"exported graph is not static: it contains {', '.join(bad)}")
+    if dynamic_batch:
+        _check_batch_size_reads(model_proto)
     for v in list(model_proto.graph.input) + list(model_proto.graph.output):
         dims = v.type.tensor_type.shape.dim
-        if any(not d.HasField("dim_value") for d in dims):
-            raise RuntimeError(f"graph {v.name} has a symbolic dimension")
+        symbolic = [i for i, d in enumerate(dims) if not d.HasField("dim_value")]
+        if symbolic and symbolic != ([0] if dynamic_batch else []):
+            raise RuntimeError(f"graph {v.name} has a symbolic dimension" + (" besides the batch" if dynamic_batch else ""))
+        if dynamic_batch and not symbolic:
+            raise RuntimeError(f"graph {v.name} has a static batch in a dynamic-batch export")
+
+
+def _consumers(graph) -> dict[str, list]:
+    out: dict[str, list] = {}
+    for n in graph.node:
+        for i in n.input:
+            out.setdefault(i, []).append(n)
+    return out
+
+
+def _check_batch_size_reads(model_proto) -> None:
+    g = model_proto.graph
+    consumers = _consumers(g)
+    inits = {t.name for t in g.initializer}
+    for n in g.node:
+        if n.op_type != "Shape":
+            continue
+        attrs = {a.name: a.i for a in n.attribute}
+        if attrs.get("start", 0) != 0 or attrs.get("end") != 1:
+            raise RuntimeError(f"{n.name} reads more than the batch dim of {n.input[0]}")
+        for concat in consumers.get(n.output[0], []):
+            others = [i for i in concat.input if i != n.output[0]]
+            users = consumers.get(concat.output[0], [])
+            if (concat.op_type != "Concat" or any(i not in inits for i in others)
+                    or not users or any(u.op_type != "Resize" or u.input[3] != concat.output[0] for u in users)):
+                raise RuntimeError(f"the batch size read by {n.name} is used for more than a Resize's sizes")
+
+
+def batch_size_reads(model_proto) -> int:
+    """Make every Shape read the batch dim alone: `Shape[0:2] -> Concat(hw)` becomes `Shape[0:1] -> Concat(c, hw)`.
+
+    The exporter sizes each bilinear Resize of a dynamic-batch graph from its input's (N, C); C is static,
+    so only N needs the Shape op. Returns the number of rewritten nodes; unknown patterns are left for
+    check_static_graph to reject.
+    """
+    from onnx import numpy_helper
+
+    g = model_proto.graph
+    shapes = {v.name: v.type.tensor_type.shape.dim for v in list(g.value_info) + list(g.input) + list(g.output)}
+    inits = {t.name: t for t in g.initializer}
+    consumers = _consumers(g)
+    done = 0
+    for n in g.node:
+        attrs = {a.name: a for a in n.attribute}
+        if n.op_type != "Shape" or attrs.get("start") is None or attrs["start"].i != 0 or attrs.get("end") is None \
+                or attrs["end"].i != 2:
+            continue
+        dims = shapes.get(n.input[0])
+        users = consumers.get(n.output[0], [])
+        if dims is None or len(dims) < 2 or not dims[1].HasField("dim_value") or len(users) != 1:
+            continue
+        concat = users[0]
+        if concat.op_type != "Concat" or len(concat.input) != 2 or concat.input[0] != n.output[0] \
+                or concat.input[1] not in inits:
+            continue
+        hw = numpy_helper.to_array(inits[concat.input[1]])
+        tail = numpy_helper.from_array(np.concatenate([[dims[1].dim_value], hw]).astype(np.int64),
+                                       f"{concat.input[1]}_c{dims[1].dim_value}")
+        if tail.name not in inits:
+            g.initializer.append(tail)
+            inits[tail.name] = tail
+        concat.input[1] = tail.name
+        attrs["end"].i = 1
+        done += 1
+    used = {i for node in g.node for i in node.input}
+    for name in [t for t in inits if t not in used]:
+        g.initializer.remove(inits[name])
+    return done
 
 
 def verification_input(size: tuple[int, int], batch: int, dataset: DatasetPreset, seed: int = 0) -> np.ndarray:
@@ -216,17 +294,24 @@ def verify_with_onnxruntime(onnx_path: Path, torch_model: LRFormerSegmentor, x: 
 
 def export_onnx(model: LRFormerSegmentor, out_dir: str | os.PathLike, name: str | None = None, *,
                 size: tuple[int, int] = (512, 512), batch: int = 1, opset: int = 17, head: str = "mask",
+                max_batch: int | None = None,
                 dataset: DatasetPreset | None = None, variant: str | None = None,
                 verify: bool = True, tolerance: float = 1e-4, checkpoint_sha256: str | None = None,
                 quiet: bool = False, mask_tail: str = "nhwc") -> ExportResult:
     """Export `model` at a fixed size and batch; write NAME.onnx and NAME.json into out_dir.
 
     mask_tail ("nchw" | "nhwc", mask head only; see MASK_TAILS): "nchw" for graphs meant for a
-    TensorRT engine, "nhwc" for ONNX Runtime on CPUs. The manifest's output.mask_tail records it.
+    TensorRT engine, "nhwc" for ONNX Runtime on CPUs. The manifest's output.mask_tail records it. A
+    dynamic-batch graph keeps the NCHW tail (its Resize sizes are no longer constants to transpose).
+    max_batch: export a dynamic batch dim (1..max_batch) instead of `batch`; size and grids stay static.
     """
     import onnx
 
     check_export_size(size, batch)
+    if max_batch is not None:
+        if max_batch < 2:
+            raise UserError(f"a dynamic batch needs a maximum of at least 2, got {max_batch}")
+        batch = max_batch  # traced, verified and recorded at the maximum
     if head not in HEADS:
         raise UserError(f"--head must be one of {', '.join(HEADS)}, not {head!r}")
     if mask_tail not in MASK_TAILS:
@@ -236,7 +321,8 @@ def export_onnx(model: LRFormerSegmentor, out_dir: str | os.PathLike, name: str 
     if opset > MAX_OPSET:
         raise UserError(f"opset {opset} is not supported: the exporter writes opsets up to {MAX_OPSET}")
     variant = variant or model.cfg.name
-    name = name or default_name(variant, dataset.name if dataset else None, size, batch)
+    name = name or default_name(variant, dataset.name if dataset else None, size,
+                                batch if max_batch is None else f"dyn{max_batch}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     onnx_path = out_dir / f"{name}.onnx"
@@ -246,6 +332,10 @@ def export_onnx(model: LRFormerSegmentor, out_dir: str | os.PathLike, name: str 
     model.set_static(True)
     wrapped = MaskHead(model) if head == "mask" else model
     x = torch.zeros(batch, 3, *size)
+    dynamic = None
+    if max_batch is not None:
+        # The example batch must not be 1: torch.export specialises size-1 dims.
+        dynamic = {"x": {0: torch.export.Dim("batch", min=1, max=max_batch)}}
     t0 = time.perf_counter()
     # The new graph lives under a temporary name until it is verified; only then do graph and manifest
     # replace an earlier export (manifest last), so a failed or interrupted re-export keeps the old pair.
@@ -254,16 +344,20 @@ def export_onnx(model: LRFormerSegmentor, out_dir: str | os.PathLike, name: str 
         try:
             with _quiet_exporter():
                 program = torch.onnx.export(wrapped, (x,), dynamo=True, opset_version=opset,
-                                            input_names=["image"], output_names=[head], verbose=False)
+                                            input_names=["image"], output_names=[head], verbose=False,
+                                            dynamic_shapes=dynamic)
             program.save(str(tmp), external_data=False)
         finally:
             model.set_static(False)
         proto = onnx.load(str(tmp))
-        if head == "mask" and mask_tail == "nhwc":
+        changed = max_batch is not None and batch_size_reads(proto) > 0
+        if head == "mask" and mask_tail == "nhwc" and max_batch is None:
             if not channels_last_mask_tail(proto):
                 raise RuntimeError("the mask head has no Resize -> ArgMax(axis 1) tail to make channels-last")
+            changed = True
+        if changed:
             onnx.save(proto, str(tmp))
-        check_static_graph(proto)
+        check_static_graph(proto, dynamic_batch=max_batch is not None)
         onnx.checker.check_model(proto)
         seconds = time.perf_counter() - t0
 
@@ -274,6 +368,10 @@ def export_onnx(model: LRFormerSegmentor, out_dir: str | os.PathLike, name: str 
         manifest["artifacts"]["onnx"]["file"] = onnx_path.name
         if head == "mask":
             manifest["output"]["mask_tail"] = mask_tail_layout(proto)
+        if max_batch is not None:
+            # The runtime reads batch_range; a Triton config takes max_batch_size from it.
+            manifest["input"]["shape"][0] = manifest["output"]["shape"][0] = "batch"
+            manifest["input"]["batch_range"] = [1, max_batch]
         manifest["export"] = {"seconds": round(seconds, 2), "nodes": len(proto.graph.node),
                               "op_counts": op_counts(proto)}
         if checkpoint_sha256:

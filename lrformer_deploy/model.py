@@ -142,7 +142,10 @@ class LowResolutionAttention(nn.Module):
         return F.adaptive_avg_pool2d(x, size)
 
     def forward(self, x: torch.Tensor, d_convs: nn.ModuleList | None = None) -> torch.Tensor:
-        b, c, h, w = (int(d) for d in x.shape)   # static at export: grids are Python ints
+        # Channels and size are static at export (grids are Python ints); the batch is never read, so a
+        # dynamic-batch export needs no Shape op: reshapes take -1 for it.
+        c, h, w = (int(d) for d in x.shape[1:])
+        b = -1
         heads, hd = self.num_heads, c // self.num_heads
         qh, qw = lrsa_grid(h, w, self.query_target)
 
@@ -161,8 +164,9 @@ class LowResolutionAttention(nn.Module):
             levels.append(p.flatten(2))
         kv = self.kv(self.norm(torch.cat(levels, dim=2).transpose(1, 2)))   # B, Nk, 2C
         k, v = kv[..., :c], kv[..., c:]    # channel layout [k heads..., v heads...]
-        k = k.reshape(b, -1, heads, hd).transpose(1, 2)
-        v = v.reshape(b, -1, heads, hd).transpose(1, 2)
+        nk = int(kv.shape[1])
+        k = k.reshape(b, nk, heads, hd).transpose(1, 2)
+        v = v.reshape(b, nk, heads, hd).transpose(1, 2)
 
         attn = torch.softmax(q @ k.transpose(-2, -1), dim=-1)
         out = (attn @ v).transpose(1, 2).reshape(b, qh * qw, c)

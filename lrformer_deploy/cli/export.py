@@ -28,7 +28,8 @@ def build_parser() -> OneLineParser:
     src.add_argument("--preset", help="export preset: a name in export/ (ade20k, cityscapes, ...) or a JSON path")
     g = p.add_argument_group("graph")
     g.add_argument("--size", type=parse_size, help="static input size HxW, multiples of 32 (default: preset or 512x512)")
-    g.add_argument("--batch", type=int, default=1, help="static batch size (default 1)")
+    g.add_argument("--batch", type=parse_batch, default=1,
+                   help="static batch size (default 1), or dynamic:MAX for a batch dim 1..MAX (Triton batching)")
     g.add_argument("--opset", type=int, default=17, help="ONNX opset, >= 17 (default 17)")
     g.add_argument("--head", choices=("mask", "logits"), help="mask: class ids at input size (default); logits: stride-8 scores")
     g.add_argument("--output-dir", default="engines", help="where artifacts go (default engines/)")
@@ -52,9 +53,21 @@ def build_parser() -> OneLineParser:
     p.add_argument("--target", choices=("tensorrt", "cpu"), default="tensorrt",
                    help="what the graphs are shaped for: tensorrt (default; GPU) or cpu (ONNX Runtime on a CPU); "
                         "recorded in the manifest")
+    p.add_argument("--triton", metavar="DIR", help="also write a Triton model repository into DIR (see lrformer-triton)")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no per-artifact lines")
     return p
+
+
+def parse_batch(text: str):
+    """'4' -> 4 (static); 'dynamic:8' -> ('dynamic', 8)."""
+    import argparse
+
+    kind, _, top = text.partition(":")
+    try:
+        return ("dynamic", int(top)) if kind == "dynamic" else int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--batch {text!r} is not N or dynamic:MAX") from None
 
 
 def load_preset(name: str) -> dict:
@@ -75,14 +88,21 @@ def request_from_args(args):
 
     preset = load_preset(args.preset) if args.preset else None
     precisions = tuple(p for p, on in (("fp16", args.fp16), ("int8", args.int8)) if on)
+    max_batch = args.batch[1] if isinstance(args.batch, tuple) else None
+    export_options, engine_options = {}, {} if args.tf32 is None else {"tf32": args.tf32}
+    if max_batch is not None:
+        if max_batch < 2:
+            raise UserError(f"--batch dynamic:MAX needs MAX >= 2, got {max_batch}")
+        export_options["max_batch"] = max_batch
+        engine_options["batch_range"] = (1, max_batch, max_batch)  # the profile Triton batches into
     return BuildRequest(
         checkpoint=args.ckpt, variant=args.variant, num_classes=args.num_classes, dataset=args.dataset,
-        preset=preset, size=args.size, batch=args.batch, head=args.head, opset=args.opset, precisions=precisions,
+        preset=preset, size=args.size, batch=1 if max_batch else args.batch, head=args.head, opset=args.opset, precisions=precisions,
         calib=args.calib, calib_count=args.calib_count, calib_method=args.calib_method,
         min_agreement=args.min_agreement, target=args.target,
         engine="off" if args.no_engine else ("require" if args.engine else "auto"),
         workspace_gib=args.workspace,
-        engine_options={} if args.tf32 is None else {"tf32": args.tf32}, output_dir=args.output_dir, name=args.name, quiet=args.quiet)
+        engine_options=engine_options, export_options=export_options, output_dir=args.output_dir, name=args.name, quiet=args.quiet)
 
 
 @cli_entry
@@ -90,7 +110,12 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from ..build import build
 
-    result = build(request_from_args(args))  # validates everything before loading the model
+    request = request_from_args(args)
+    if args.triton:
+        from ..triton.repository import check_repository_dir
+
+        check_repository_dir(Path(args.triton))
+    result = build(request)  # validates everything before loading the model
 
     fp32 = result["fp32"]
     summary = {"fp32": {"onnx": str(fp32.onnx), "manifest": str(fp32.manifest_path),
@@ -118,6 +143,14 @@ def main(argv=None) -> int:
         else:
             continue
         summary.setdefault("engines", []).append(line)
+    if args.triton:
+        from ..triton.repository import write_repository
+
+        last = result[next(p for p in ("int8", "fp16", "fp32") if p in result.artifacts)]
+        repo = write_repository(last.manifest_path, Path(args.triton))
+        if not args.quiet:
+            print(f"triton: {repo.models_line()}")
+        summary["triton"] = repo.as_dict()
     summary["target"] = args.target
     summary["seconds"] = round(result.seconds, 2)
     if args.json:

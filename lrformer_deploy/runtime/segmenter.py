@@ -140,7 +140,8 @@ class Segmenter:
         b = self.batch_size
         for start in range(0, len(frames), b):
             chunk = frames[start:start + b]
-            tensor, geos = self.preprocessor.batch(chunk, b)
+            # A dynamic-batch graph runs the chunk as it is; a static one needs it padded to its batch.
+            tensor, geos = self.preprocessor.batch(chunk, None if self.spec.dynamic_batch else b)
             outputs = self.infer(tensor)
             masks.extend(self.postprocess(outputs, geos))
         return masks

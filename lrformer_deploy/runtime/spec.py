@@ -43,6 +43,7 @@ class ModelSpec:
     engine_path: Path | None = None
     checkpoint_path: Path | None = None
     engine_record: dict[str, Any] | None = None
+    dynamic_batch: bool = False  # graph batch dim is symbolic: input_shape[0] is its maximum
     manifest_path: Path | None = None
     manifest: dict[str, Any] = field(default_factory=dict)
 
@@ -83,7 +84,11 @@ def spec_from_manifest(manifest: dict[str, Any], manifest_path: Path) -> ModelSp
     folder = manifest_path.parent
     try:
         model, inp, out = manifest["model"], manifest["input"], manifest["output"]
-        input_shape = _shape(inp["shape"], manifest_path, "input.shape")
+        shape = list(inp["shape"])
+        dynamic_batch = bool(shape) and isinstance(shape[0], str)
+        if dynamic_batch:
+            shape[0] = (inp.get("batch_range") or [1, 1])[-1]
+        input_shape = _shape(shape, manifest_path, "input.shape")
         if len(input_shape) != 4 or input_shape[1] != 3:
             raise UserError(f"{manifest_path}: input.shape must be [N, 3, H, W], got {list(input_shape)}")
         kind = out.get("kind", "mask")
@@ -113,6 +118,7 @@ def spec_from_manifest(manifest: dict[str, Any], manifest_path: Path) -> ModelSp
             onnx_path=(folder / onnx_rec["file"]) if onnx_rec.get("file") else None,
             engine_path=(folder / engine_rec["file"]) if engine_rec and engine_rec.get("file") else None,
             engine_record=engine_rec,
+            dynamic_batch=dynamic_batch,
             manifest_path=manifest_path,
             manifest=manifest,
         )
