@@ -295,6 +295,14 @@ def test_pipeline_fp16_checks_on_held_back_frames(toy, shared_video, tmp_path):
     assert details["data"]["check_held_back"] and details["data"]["check_frames"] == 3
     assert details["accuracy"]["frames"] == 3 and details["accuracy"]["passed"]
     assert details["conversion"]["kept_fp32"]
+    # the manifest's record of what the graph runs in, valid against the schema
+    jsonschema = pytest.importorskip("jsonschema")
+    import importlib.resources
+    import json
+
+    schema = json.loads(importlib.resources.files("lrformer_deploy").joinpath("manifest.schema.json").read_text())
+    jsonschema.validate(details, {**schema["properties"]["precision_details"], "$defs": schema["$defs"]})
+    assert details["target"] == "tensorrt" and details["compute"]["macs_share"]["fp16"] > 0.5
 
 
 def test_pipeline_int8_threshold_and_missing_calibration(toy, shared_video, tmp_path):
@@ -360,3 +368,94 @@ def test_measurement_memory_does_not_hold_frames(toy, frames):
 def test_int8_keeps_stdout_clean(toy, frames, tmp_path, capfd):
     quantize_int8(toy, tmp_path / "q.onnx", frames, count=2, method="percentile")
     assert capfd.readouterr().out == ""  # `lrformer-export --json` prints JSON on stdout
+
+
+# ------------------------------------------------------------------------------- INT8 form and target
+def test_int8_tensorrt_form_runs_float_ops_in_fp16(toy, int8):
+    """Between the Q/DQ pairs every float op reads FP16, except those the record lists as kept FP32."""
+    path, record, _ = int8
+    assert record["target"] == "tensorrt" and record["opset"] >= 19
+    model, types = _inferred(path)
+    kept = {k["node"] for k in record["kept_fp32"]}
+    assert kept  # LayerNorm, Softmax, the final Resize/ArgMax and the overflow trap
+    checked = 0
+    for n in model.graph.node:
+        if n.op_type in ("Cast", "QuantizeLinear", "DequantizeLinear", "Constant") or n.name in kept:
+            continue
+        float_in = [types.get(t) for t in n.input if t and types.get(t) in (TensorProto.FLOAT, TensorProto.FLOAT16)]
+        if float_in:
+            assert set(float_in) == {TensorProto.FLOAT16}, (n.name, n.op_type, float_in)
+            checked += 1
+    assert checked > 5
+    for dq in (n for n in model.graph.node if n.op_type == "DequantizeLinear"):
+        assert types[dq.output[0]] == TensorProto.FLOAT16  # the INT8 products read FP16 from DQ
+    shares = record["compute"]["macs_share"]
+    assert shares["int8"] > 0.5 and shares["fp32"] == 0.0 and sum(shares.values()) == pytest.approx(1.0, abs=1e-3)
+    reasons = {o["op"]: o["reason"] for o in record["compute"]["fp32_ops"]}
+    assert "LayerNormalization" in reasons and "ArgMax" in reasons
+
+
+def test_int8_cpu_target_keeps_float_ops_fp32(toy, frames, tmp_path):
+    out = tmp_path / "toy-int8.onnx"
+    record = quantize_int8(toy, out, frames, count=4, method="minmax", target="cpu")
+    model, types = _inferred(out)
+    assert record["target"] == "cpu" and record["kept_fp32"] == []
+    assert TensorProto.FLOAT16 not in set(types.values())
+    assert record["compute"]["macs_share"]["fp16"] == 0.0 and record["compute"]["macs_share"]["int8"] > 0.5
+    report = accuracy_report(toy, out, frames)
+    assert 0 < report["logits_rel_error"] < 0.25
+    with pytest.raises(UserError, match="target"):
+        quantize_int8(toy, out, frames, count=4, target="gpu")
+
+
+def test_placement_skips_pooling_matrices_and_attention(tmp_path):
+    """A MatMul with a constant averaging matrix gets no Q/DQ; a MatMul with a weight does."""
+    from onnx import helper
+
+    from lrformer_deploy.precision.int8 import placement
+
+    rng = np.random.default_rng(0)
+    pool = np.zeros((8, 2), np.float32)
+    pool[:4, 0] = pool[4:, 1] = 0.25  # columns average 4 of 8 positions
+    inits = [numpy_helper.from_array(pool, "pool"), numpy_helper.from_array(rng.standard_normal((8, 8)).astype(np.float32), "w")]
+    nodes = [helper.make_node("MatMul", ["x", "pool"], ["p"], name="pooling"),
+             helper.make_node("MatMul", ["x", "w"], ["y"], name="linear"),
+             helper.make_node("MatMul", ["x", "y2"], ["a"], name="attn"),
+             helper.make_node("Transpose", ["y"], ["y2"], name="t", perm=[0, 2, 1])]
+    nodes = [nodes[0], nodes[1], nodes[3], nodes[2]]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 8])],
+                              [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in ("p", "a")], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    quantize, excluded = placement(model)
+    assert quantize == {"linear": ["x"]}
+    assert "pooling" in excluded["pooling"].lower() and "attention" in excluded["attn"]
+    quantize, _ = placement(model, quantize_attention=True)
+    assert set(quantize) == {"linear", "attn"} and quantize["attn"] == ["x", "y2"]
+
+
+def test_int8_interrupted_calibration_leaves_no_temporary_folder(toy, frames, tmp_path, monkeypatch):
+    """SIGTERM arrives as a KeyboardInterrupt subclass (cli_entry): the temporary folder must go."""
+    import tempfile
+
+    from lrformer_deploy.precision import measure
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+
+    def interrupted(*args, **kwargs):
+        assert list(tmp_path.glob("lrformer-int8-*"))  # the folder exists while calibrating
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(measure, "stream", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        quantize_int8(toy, tmp_path / "out" / "q.onnx", frames, count=2, method="minmax")
+    assert not list(tmp_path.glob("lrformer-int8-*"))
+    assert not (tmp_path / "out" / "q.onnx").exists()
+
+
+def test_progress_is_silent_when_quiet_or_not_a_terminal(capsys):
+    from lrformer_deploy.precision.measure import progress
+
+    with progress(3, "x", quiet=True) as bar:
+        assert bar.disable
+    with progress(3, "x", quiet=False) as bar:  # pytest's captured stderr is not a terminal
+        assert bar.disable

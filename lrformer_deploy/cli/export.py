@@ -169,7 +169,8 @@ def main(argv=None) -> int:
         t1 = time.perf_counter()
         details = make_precision_graph(result.onnx_path, precision, calib=args.calib, calib_count=args.calib_count,
                                        calib_method=args.calib_method, mean=result.manifest["input"]["mean"],
-                                       std=result.manifest["input"]["std"], min_agreement=min_agreement)
+                                       std=result.manifest["input"]["std"], min_agreement=min_agreement,
+                                       quiet=getattr(args, "quiet", False))
         out_onnx = result.onnx_path.with_name(f"{result.onnx_path.stem}-{precision}.onnx")
         m = _precision_manifest(result.manifest, out_onnx, precision, details)
         mpath = mf.write_manifest(mf.manifest_path_for(out_onnx), m)
