@@ -3,9 +3,10 @@
 TensorRT 11 has no FP16 builder flag: a strongly typed network runs each layer in the type the ONNX
 graph gives it. So this pass writes the precision into the graph:
 
-1. run the FP32 graph in ONNX Runtime (CPU) on calibration inputs with every float intermediate
-   exposed as an output, and record per tensor the max |x| and the relative error an FP16 round trip
-   would cause (||x - fp16(x)|| / ||x||; large when much of the tensor sits below FP16's normal range);
+1. run the FP32 graph in ONNX Runtime (CPU) on calibration frames, one frame per run, with reduction
+   nodes added after every float tensor (measure.py): per tensor the max |x| and the relative error an
+   FP16 round trip would cause (||x - fp16(x)|| / ||x||, estimated on a strided sample; large when much
+   of the tensor sits below FP16's normal range). Memory stays that of plain inference;
 2. keep in FP32: the numerically sensitive op types (policy list below), the final upsampling and the
    class decision, ops with no float16 variant, and every op that produces or consumes a tensor (or a
    weight) the measurement flags (|x| > overflow threshold, or FP16 rounding error above threshold);
