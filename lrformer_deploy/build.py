@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import inspect
 import json
 import math
 import os
@@ -283,13 +282,6 @@ def _staging(out_dir: Path, stem: str) -> Iterator[Path]:
         yield Path(tmp)
 
 
-def _accepts(func, keyword: str) -> bool:
-    try:
-        return keyword in inspect.signature(func).parameters
-    except (TypeError, ValueError):
-        return False
-
-
 def _note(req: BuildRequest, result: BuildResult, text: str) -> None:
     result.notes.append(text)
     if not req.quiet:
@@ -503,13 +495,10 @@ def _reduced(req: BuildRequest, result: BuildResult, fp32: Artifact, precision: 
         if calib is None and precision == "int8":  # synthetic_calibration (checked by validate)
             calib = write_synthetic_calibration(out_dir / "calib-synthetic", req.calib_count, _graph_size(fp32))
         staged = stage / final.name  # the final name: the calibration cache and records are named from it
-        kwargs = {}
-        if _accepts(make_precision_graph, "target"):  # wired at merge
-            kwargs["target"] = req.target
         details = make_precision_graph(fp32.onnx, precision, calib=calib, calib_count=req.calib_count,
                                        calib_method=req.calib_method, check_count=req.check_count,
                                        out_onnx=staged, cache_dir=out_dir, mean=mean, std=std,
-                                       min_agreement=min_agreement, **kwargs)
+                                       min_agreement=min_agreement, target=req.target, quiet=req.quiet)
         details["onnx"] = final.name
         details.setdefault("target", req.target)
         m = None

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED_VIDEO = REPO.parent / "shared" / "data" / "car-detection.mp4"
+SHARED_VIDEO = Path(os.environ.get("LRFORMER_SHARED_VIDEO", REPO.parent / "shared" / "data" / "car-detection.mp4"))
 
 # The tiny models classify each pixel by its dominant colour: class 0 red, 1 green, 2 blue.
 TINY_CLASS_NAMES = ["red", "green", "blue"]

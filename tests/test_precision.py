@@ -295,6 +295,14 @@ def test_pipeline_fp16_checks_on_held_back_frames(toy, shared_video, tmp_path):
     assert details["data"]["check_held_back"] and details["data"]["check_frames"] == 3
     assert details["accuracy"]["frames"] == 3 and details["accuracy"]["passed"]
     assert details["conversion"]["kept_fp32"]
+    # the manifest's record of what the graph runs in, valid against the schema
+    jsonschema = pytest.importorskip("jsonschema")
+    import importlib.resources
+    import json
+
+    schema = json.loads(importlib.resources.files("lrformer_deploy").joinpath("manifest.schema.json").read_text())
+    jsonschema.validate(details, {**schema["properties"]["precision_details"], "$defs": schema["$defs"]})
+    assert details["target"] == "tensorrt" and details["compute"]["macs_share"]["fp16"] > 0.5
 
 
 def test_pipeline_int8_threshold_and_missing_calibration(toy, shared_video, tmp_path):
@@ -312,17 +320,142 @@ def test_pipeline_int8_threshold_and_missing_calibration(toy, shared_video, tmp_
     assert ok["accuracy"]["min_agreement"] == 0.0
 
 
-def test_measurement_in_groups_matches_one_run(toy, frames):
-    from lrformer_deploy.precision.fp16 import measure_tensor_stats
+def test_in_graph_statistics_match_numpy(toy, frames):
+    """The reductions run inside the graph, one frame at a time, agree with numpy on the exposed tensors."""
+    from lrformer_deploy.precision.fp16 import _load
+    from lrformer_deploy.precision.measure import TensorStats, float_types, stream
 
-    one = measure_tensor_stats(str(toy), frames[:2])
-    grouped = measure_tensor_stats(str(toy), frames[:2], max_bytes_per_run=8192)
-    assert one.keys() == grouped.keys()
-    for name in one:
-        assert one[name].max_abs == pytest.approx(grouped[name].max_abs)
-        assert one[name].rel_err == pytest.approx(grouped[name].rel_err)
+    model = _load(toy)
+    stats = stream(model, iter(frames[:2]), 2, quiet=True).stats
+    types = float_types(model)
+    names = [o for n in model.graph.node for o in n.output if types.get(o) == TensorProto.FLOAT]
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    del probe.graph.output[:]
+    probe.graph.output.extend([onnx.helper.make_tensor_value_info(t, TensorProto.FLOAT, None) for t in names])
+    sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    ref = collections.defaultdict(TensorStats)
+    for x in frames[:2]:
+        for t, v in zip(names, sess.run(names, {"image": x[None]})):
+            ref[t].update(v)
+    assert set(names) <= set(stats)
+    for t in names:
+        assert stats[t].max_abs == pytest.approx(ref[t].max_abs, rel=1e-5)
+        if ref[t].max_abs > 65504:
+            continue  # overflow: flagged by its magnitude, the rounding error is moot
+        # the rounding error is estimated on a strided sample: the same side of the threshold
+        assert (stats[t].rel_err > 1e-3) == (ref[t].rel_err > 1e-3), t
+    flagged = [t for t in names if stats[t].max_abs > 6e4]
+    assert flagged  # the toy graph's overflow trap is seen
+
+
+def test_measurement_memory_does_not_hold_frames(toy, frames):
+    """A generator of frames is consumed one at a time (nothing is stacked)."""
+    from lrformer_deploy.precision.fp16 import _load
+    from lrformer_deploy.precision.measure import stream
+
+    seen = []
+
+    def gen():
+        for f in frames:
+            seen.append(1)
+            yield f
+
+    result = stream(_load(toy), gen(), len(frames), quiet=True)
+    assert result.frames == len(frames) == len(seen) and result.runs_per_frame == 1
 
 
 def test_int8_keeps_stdout_clean(toy, frames, tmp_path, capfd):
     quantize_int8(toy, tmp_path / "q.onnx", frames, count=2, method="percentile")
     assert capfd.readouterr().out == ""  # `lrformer-export --json` prints JSON on stdout
+
+
+# ------------------------------------------------------------------------------- INT8 form and target
+def test_int8_tensorrt_form_runs_float_ops_in_fp16(toy, int8):
+    """Between the Q/DQ pairs every float op reads FP16, except those the record lists as kept FP32."""
+    path, record, _ = int8
+    assert record["target"] == "tensorrt" and record["opset"] >= 19
+    model, types = _inferred(path)
+    kept = {k["node"] for k in record["kept_fp32"]}
+    assert kept  # LayerNorm, Softmax, the final Resize/ArgMax and the overflow trap
+    checked = 0
+    for n in model.graph.node:
+        if n.op_type in ("Cast", "QuantizeLinear", "DequantizeLinear", "Constant") or n.name in kept:
+            continue
+        float_in = [types.get(t) for t in n.input if t and types.get(t) in (TensorProto.FLOAT, TensorProto.FLOAT16)]
+        if float_in:
+            assert set(float_in) == {TensorProto.FLOAT16}, (n.name, n.op_type, float_in)
+            checked += 1
+    assert checked > 5
+    for dq in (n for n in model.graph.node if n.op_type == "DequantizeLinear"):
+        assert types[dq.output[0]] == TensorProto.FLOAT16  # the INT8 products read FP16 from DQ
+    shares = record["compute"]["macs_share"]
+    assert shares["int8"] > 0.5 and shares["fp32"] == 0.0 and sum(shares.values()) == pytest.approx(1.0, abs=1e-3)
+    reasons = {o["op"]: o["reason"] for o in record["compute"]["fp32_ops"]}
+    assert "LayerNormalization" in reasons and "ArgMax" in reasons
+
+
+def test_int8_cpu_target_keeps_float_ops_fp32(toy, frames, tmp_path):
+    out = tmp_path / "toy-int8.onnx"
+    record = quantize_int8(toy, out, frames, count=4, method="minmax", target="cpu")
+    model, types = _inferred(out)
+    assert record["target"] == "cpu" and record["kept_fp32"] == []
+    assert TensorProto.FLOAT16 not in set(types.values())
+    assert record["compute"]["macs_share"]["fp16"] == 0.0 and record["compute"]["macs_share"]["int8"] > 0.5
+    report = accuracy_report(toy, out, frames)
+    assert 0 < report["logits_rel_error"] < 0.25
+    with pytest.raises(UserError, match="target"):
+        quantize_int8(toy, out, frames, count=4, target="gpu")
+
+
+def test_placement_skips_pooling_matrices_and_attention(tmp_path):
+    """A MatMul with a constant averaging matrix gets no Q/DQ; a MatMul with a weight does."""
+    from onnx import helper
+
+    from lrformer_deploy.precision.int8 import placement
+
+    rng = np.random.default_rng(0)
+    pool = np.zeros((8, 2), np.float32)
+    pool[:4, 0] = pool[4:, 1] = 0.25  # columns average 4 of 8 positions
+    inits = [numpy_helper.from_array(pool, "pool"), numpy_helper.from_array(rng.standard_normal((8, 8)).astype(np.float32), "w")]
+    nodes = [helper.make_node("MatMul", ["x", "pool"], ["p"], name="pooling"),
+             helper.make_node("MatMul", ["x", "w"], ["y"], name="linear"),
+             helper.make_node("MatMul", ["x", "y2"], ["a"], name="attn"),
+             helper.make_node("Transpose", ["y"], ["y2"], name="t", perm=[0, 2, 1])]
+    nodes = [nodes[0], nodes[1], nodes[3], nodes[2]]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 8])],
+                              [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in ("p", "a")], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    quantize, excluded = placement(model)
+    assert quantize == {"linear": ["x"]}
+    assert "pooling" in excluded["pooling"].lower() and "attention" in excluded["attn"]
+    quantize, _ = placement(model, quantize_attention=True)
+    assert set(quantize) == {"linear", "attn"} and quantize["attn"] == ["x", "y2"]
+
+
+def test_int8_interrupted_calibration_leaves_no_temporary_folder(toy, frames, tmp_path, monkeypatch):
+    """SIGTERM arrives as a KeyboardInterrupt subclass (cli_entry): the temporary folder must go."""
+    import tempfile
+
+    from lrformer_deploy.precision import measure
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+
+    def interrupted(*args, **kwargs):
+        assert list(tmp_path.glob("lrformer-int8-*"))  # the folder exists while calibrating
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(measure, "stream", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        quantize_int8(toy, tmp_path / "out" / "q.onnx", frames, count=2, method="minmax")
+    assert not list(tmp_path.glob("lrformer-int8-*"))
+    assert not (tmp_path / "out" / "q.onnx").exists()
+
+
+def test_progress_is_silent_when_quiet_or_not_a_terminal(capsys):
+    from lrformer_deploy.precision.measure import progress
+
+    with progress(3, "x", quiet=True) as bar:
+        assert bar.disable
+    with progress(3, "x", quiet=False) as bar:  # pytest's captured stderr is not a terminal
+        assert bar.disable

@@ -5,7 +5,9 @@
   calibration cache next to the artifact.
 - accuracy_report: logits relative error and mask agreement vs the FP32 graph; raises below threshold.
 - load_calibration_frames: frames from an image folder or a video, preprocessed like inference.
-- make_precision_graph: the export CLI's one call (conversion + held-back accuracy check).
+- make_precision_graph: the export CLI's one call (conversion + held-back accuracy check);
+  target="tensorrt" (float ops FP16 where safe) or "cpu" (INT8 with FP32 float ops).
+- measure.stream: the one streaming pass over frames (FP16 statistics in the graph, INT8 ranges).
 
 No torch anywhere here; onnx and onnxruntime are imported inside the functions.
 """
@@ -13,7 +15,7 @@ from .accuracy import DEFAULT_MIN_AGREEMENT, AccuracyBelowThreshold, accuracy_re
 from .calibration import load_calibration_frames
 from .fp16 import POLICY_FP32_OPS, convert_fp16
 from .int8 import METHODS as CALIBRATION_METHODS
-from .int8 import quantize_int8
+from .int8 import TARGETS, quantize_int8
 from .pipeline import PRECISIONS, make_precision_graph, output_path
 
 __all__ = [
@@ -28,4 +30,5 @@ __all__ = [
     "output_path",
     "PRECISIONS",
     "quantize_int8",
+    "TARGETS",
 ]

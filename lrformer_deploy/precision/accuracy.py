@@ -106,6 +106,7 @@ def accuracy_report(
     *,
     precision: str | None = None,
     min_agreement: float | None = None,
+    quiet: bool = True,
 ) -> dict:
     """Compare `test_onnx` with the FP32 `ref_onnx` on `inputs` (N x 3 x H x W float32, preprocessed).
 
@@ -113,6 +114,7 @@ def accuracy_report(
     (no check when neither is given). Returns the dict stored in the manifest's precision_details.
     """
     from .fp16 import _batches
+    from .measure import progress
 
     inputs = np.asarray(inputs, dtype=np.float32)
     if inputs.ndim != 4 or len(inputs) == 0:
@@ -132,6 +134,7 @@ def accuracy_report(
     per_frame_err, agree, agree_clear = [], [], []
     near_tie_disagreements = disagreements = 0
     t_ref, t_test = [], []
+    bar = progress(len(inputs), "accuracy check", quiet)
     for batch in _batches(inputs, ref_in.shape):
         t = time.perf_counter()
         ref_out = dict(zip([o.name for o in ref_sess.get_outputs()], ref_sess.run(None, {ref_in.name: batch})))
@@ -163,7 +166,9 @@ def accuracy_report(
         near_tie_disagreements += int((~same & near_tie).sum())
         clear = ~near_tie
         agree_clear.append(float(same[clear].mean()) if clear.any() else 1.0)
+        bar.update(len(batch))
 
+    bar.close()
     agreement = float(np.mean(agree))
     threshold = min_agreement if min_agreement is not None else DEFAULT_MIN_AGREEMENT.get(precision or "")
     report = {

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -76,6 +76,10 @@ def _pick(total: int, count: int, holdout_of: int | None) -> list[int]:
 
 
 def _read_video_frames(path: Path, count: int, holdout_of: int | None = None) -> list[np.ndarray]:
+    return list(_iter_video_frames(path, count, holdout_of))
+
+
+def _iter_video_frames(path: Path, count: int, holdout_of: int | None = None) -> Iterator[np.ndarray]:
     import cv2
 
     cap = cv2.VideoCapture(str(path))
@@ -90,11 +94,11 @@ def _read_video_frames(path: Path, count: int, holdout_of: int | None = None) ->
                 if not ok:
                     break
                 frames_all.append(frame)
-            return [frames_all[i] for i in _pick(len(frames_all), count, holdout_of)]
+            yield from (frames_all[i] for i in _pick(len(frames_all), count, holdout_of))
+            return
         wanted = set(_pick(total, count, holdout_of))
         if not wanted:
-            return []
-        frames = []
+            return
         # Sequential grab() is exact and cheap; seeking in compressed video is not frame-accurate.
         for index in range(max(wanted) + 1):
             if not cap.grab():
@@ -102,8 +106,7 @@ def _read_video_frames(path: Path, count: int, holdout_of: int | None = None) ->
             if index in wanted:
                 ok, frame = cap.retrieve()
                 if ok:
-                    frames.append(frame)
-        return frames
+                    yield frame
     finally:
         cap.release()
 
@@ -130,6 +133,59 @@ def read_calibration_images(path: str | os.PathLike, count: int, holdout_of: int
     if not frames:
         raise UserError(f"no frames could be read from calibration source {path}.")
     return frames
+
+
+def count_calibration_frames(path: str | os.PathLike, count: int, holdout_of: int | None = None) -> int:
+    """How many frames iter_calibration_frames will yield at most (for progress bars), without decoding."""
+    import cv2
+
+    kind, files = list_calibration_files(path)
+    if kind == "images":
+        return len(_pick(len(files), count, holdout_of))
+    cap = cv2.VideoCapture(str(files[0]))
+    try:
+        total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if cap.isOpened() else 0
+    finally:
+        cap.release()
+    return len(_pick(total, count, holdout_of)) if total > 0 else count
+
+
+def iter_calibration_frames(
+    source: str | os.PathLike | np.ndarray,
+    count: int,
+    size: tuple[int, int],
+    mean: Sequence[float] = DEFAULT_MEAN,
+    std: Sequence[float] = DEFAULT_STD,
+    holdout_of: int | None = None,
+) -> Iterator[np.ndarray]:
+    """Preprocessed 3 x H x W float32 frames, decoded one at a time (memory independent of `count`).
+    `source` may also be an N x 3 x H x W array (its first `count` frames are used)."""
+    if isinstance(source, np.ndarray):
+        yield from (np.asarray(f, np.float32) for f in source[:count])
+        return
+    if count < 1:
+        raise UserError(f"calibration count must be at least 1, got {count}.")
+    prep = preprocessor(size, mean, std)
+    kind, files = list_calibration_files(source)
+    produced = 0
+    if kind == "video":
+        frames = _iter_video_frames(files[0], count, holdout_of)
+    else:
+        frames = (_read_image(files[i]) for i in _pick(len(files), count, holdout_of))
+    for frame in frames:
+        produced += 1
+        yield prep(frame).astype(np.float32, copy=False)
+    if not produced:
+        raise UserError(f"no frames could be read from calibration source {source}.")
+
+
+def _read_image(path: Path) -> np.ndarray:
+    import cv2
+
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if img is None:
+        raise UserError(f"cannot read calibration image {path}.")
+    return img
 
 
 def load_calibration_frames(

@@ -3,9 +3,10 @@
 TensorRT 11 has no FP16 builder flag: a strongly typed network runs each layer in the type the ONNX
 graph gives it. So this pass writes the precision into the graph:
 
-1. run the FP32 graph in ONNX Runtime (CPU) on calibration inputs with every float intermediate
-   exposed as an output, and record per tensor the max |x| and the relative error an FP16 round trip
-   would cause (||x - fp16(x)|| / ||x||; large when much of the tensor sits below FP16's normal range);
+1. run the FP32 graph in ONNX Runtime (CPU) on calibration frames, one frame per run, with reduction
+   nodes added after every float tensor (measure.py): per tensor the max |x| and the relative error an
+   FP16 round trip would cause (||x - fp16(x)|| / ||x||, estimated on a strided sample; large when much
+   of the tensor sits below FP16's normal range). Memory stays that of plain inference;
 2. keep in FP32: the numerically sensitive op types (policy list below), the final upsampling and the
    class decision, ops with no float16 variant, and every op that produces or consumes a tensor (or a
    weight) the measurement flags (|x| > overflow threshold, or FP16 rounding error above threshold);
@@ -25,6 +26,7 @@ from typing import Iterable, Mapping
 import numpy as np
 
 from ..errors import UserError
+from .measure import TensorStats, _r, float_types, stream, tensor_bytes
 
 FP16_MAX = 65504.0
 FP16_MIN_NORMAL = 6.103515625e-05
@@ -61,41 +63,6 @@ OVERFLOW_THRESHOLD = 60000.0  # a little margin below FP16's largest finite valu
 ROUNDING_THRESHOLD = 1e-3
 
 
-@dataclass
-class TensorStats:
-    max_abs: float = 0.0
-    sq_sum: float = 0.0
-    sq_err: float = 0.0
-    nonfinite: bool = False
-
-    def update(self, x: np.ndarray) -> None:
-        x = np.asarray(x, dtype=np.float32)
-        if x.size == 0:
-            return
-        if not np.all(np.isfinite(x)):
-            self.nonfinite = True
-            x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
-        self.max_abs = max(self.max_abs, float(np.max(np.abs(x))))
-        with np.errstate(over="ignore"):
-            rt = x.astype(np.float16).astype(np.float32)
-        rt = np.where(np.isfinite(rt), rt, 0.0)  # overflow is reported through max_abs, not here
-        x64 = x.astype(np.float64)
-        self.sq_sum += float(np.sum(x64 * x64))
-        d = x64 - rt.astype(np.float64)
-        self.sq_err += float(np.sum(d * d))
-
-    @property
-    def rel_err(self) -> float:
-        return float(np.sqrt(self.sq_err / self.sq_sum)) if self.sq_sum > 0 else 0.0
-
-    def as_dict(self) -> dict:
-        return {"max_abs": _r(self.max_abs), "fp16_rel_err": _r(self.rel_err)}
-
-
-def _r(v: float) -> float:
-    return float(f"{v:.4g}")
-
-
 def _load(path):
     import onnx
 
@@ -103,90 +70,31 @@ def _load(path):
     return onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
 
 
-def _elem_types(model) -> dict[str, int]:
-    g = model.graph
-    types = {}
-    for vi in list(g.input) + list(g.value_info) + list(g.output):
-        if vi.type.HasField("tensor_type"):
-            types[vi.name] = vi.type.tensor_type.elem_type
-    for init in g.initializer:
-        types[init.name] = init.data_type
-    for node in g.node:
-        if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
-            for a in node.attribute:
-                if a.name == "value":
-                    types[node.output[0]] = a.t.data_type
-    return types
-
-
-def _tensor_bytes(model) -> dict[str, int]:
-    """Bytes per float32 tensor from the inferred static shapes (unknown dims count as 1)."""
-    sizes = {}
-    for vi in list(model.graph.value_info) + list(model.graph.output):
-        dims = vi.type.tensor_type.shape.dim
-        n = 1
-        for d in dims:
-            n *= d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1
-        sizes[vi.name] = 4 * n
-    return sizes
+_elem_types = float_types
+_tensor_bytes = tensor_bytes
 
 
 def measure_tensor_stats(
     model_or_path,
     inputs: Iterable[np.ndarray] | np.ndarray,
-    max_bytes_per_run: int = 1 << 30,
+    *,
+    total: int | None = None,
+    quiet: bool = True,
 ) -> dict[str, TensorStats]:
-    """Run the FP32 graph on each input (ORT CPU) with every float tensor exposed; stats per tensor.
-
-    `inputs`: N x C x H x W array (or iterable of batches) fed as the graph's single input, one
-    graph batch at a time. Initializers (weights) are measured too. Large graphs are measured in
-    several runs per input, each fetching at most `max_bytes_per_run` of intermediates, so memory
-    stays bounded at 512x512+ resolutions (the graph is recomputed per group instead).
-    """
-    import onnx
-    import onnxruntime as ort
-    from onnx import TensorProto, numpy_helper
-
+    """FP16 statistics of every float tensor of the FP32 graph over `inputs` (N x C x H x W array or an
+    iterable of frames), one frame per run with the reductions inside the graph (see measure.py)."""
     model = _load(model_or_path) if not hasattr(model_or_path, "graph") else model_or_path
-    g = model.graph
-    types = _elem_types(model)
-    init_names = {i.name for i in g.initializer}
-    existing = {o.name for o in g.output}
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    measured = []
-    for node in g.node:
-        for out in node.output:
-            if out and types.get(out) == TensorProto.FLOAT and out not in init_names and out not in measured:
-                measured.append(out)
-                if out not in existing:
-                    probe.graph.output.append(onnx.helper.make_tensor_value_info(out, TensorProto.FLOAT, None))
-    stats: dict[str, TensorStats] = collections.defaultdict(TensorStats)
-    for init in g.initializer:
-        if init.data_type == TensorProto.FLOAT:
-            stats[init.name].update(numpy_helper.to_array(init))
-    sizes = _tensor_bytes(model)
-    groups, current, used = [], [], 0
-    for name in measured:
-        size = sizes.get(name, 0)
-        if current and used + size > max_bytes_per_run:
-            groups.append(current)
-            current, used = [], 0
-        current.append(name)
-        used += size
-    if current:
-        groups.append(current)
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    in_meta = sess.get_inputs()[0]
-    for batch in _batches(inputs, in_meta.shape):
-        for names in groups:
-            for name, value in zip(names, sess.run(names, {in_meta.name: batch})):
-                if isinstance(value, np.ndarray) and value.dtype == np.float32:
-                    stats[name].update(value)
-    return dict(stats)
+    if total is None:
+        inputs = np.asarray(inputs, np.float32) if not isinstance(inputs, np.ndarray) else inputs
+        total = len(inputs) if inputs.ndim == 4 else 1
+    return stream(model, _frames(inputs), total, quiet=quiet, desc="fp16 ranges").stats
+
+
+def _frames(inputs) -> Iterable[np.ndarray]:
+    if isinstance(inputs, np.ndarray):
+        arr = inputs.astype(np.float32, copy=False)
+        return iter(arr[None] if arr.ndim == 3 else arr)
+    return iter(inputs)
 
 
 def _batches(inputs, shape) -> Iterable[np.ndarray]:
@@ -454,44 +362,13 @@ def _graph_dtype_census(model, plans) -> tuple[dict, dict]:
     return dict(half), dict(full)
 
 
-def convert_fp16(
-    fp32_onnx: str | Path,
-    out_onnx: str | Path,
-    calib_inputs: np.ndarray,
-    *,
-    overflow_threshold: float = OVERFLOW_THRESHOLD,
-    rounding_threshold: float = ROUNDING_THRESHOLD,
-    keep_fp32_ops: Mapping[str, str] | None = None,
-    keep_fp32_nodes: Iterable[str] = (),
-) -> dict:
-    """Write a mixed FP16/FP32 copy of `fp32_onnx` to `out_onnx`; return the decision record.
-
-    calib_inputs: N x 3 x H x W float32 (preprocessed frames, see load_calibration_frames).
-    keep_fp32_ops: op type -> reason, replaces POLICY_FP32_OPS; keep_fp32_nodes: node names to pin.
-    The result passes onnx.checker and is run once in ONNX Runtime (CPU) before this returns.
-    """
-    import onnx
-    import onnxruntime as ort
-
-    t0 = time.perf_counter()
-    fp32_onnx, out_onnx = Path(fp32_onnx), Path(out_onnx)
-    if not fp32_onnx.is_file():
-        raise UserError(f"FP32 ONNX {fp32_onnx} does not exist.")
-    calib_inputs = np.asarray(calib_inputs, dtype=np.float32)
-    if calib_inputs.ndim != 4 or len(calib_inputs) == 0:
-        raise UserError("FP16 conversion needs at least one calibration input (N x 3 x H x W).")
-    model = _load(fp32_onnx)
-    _name_nodes(model)
-    stats = measure_tensor_stats(model, calib_inputs)
-    plans = plan_precision(model, stats, overflow_threshold, rounding_threshold, keep_fp32_ops, keep_fp32_nodes)
-
-    # Record, before rewriting, which nodes stay FP32 and what was measured around them.
-    types = _elem_types(model)
+def kept_fp32_record(model, plans, stats) -> list[dict]:
+    """Every float op the plans keep in FP32, with its reason and the magnitudes measured around it."""
     init_names = {i.name for i in model.graph.initializer}
     kept = []
     for node in model.graph.node:
-        p = plans[node.name]
-        if p.half or p.category in ("neutral", "boundary", "constant"):
+        p = plans.get(node.name)
+        if p is None or p.half or p.category in ("neutral", "boundary", "constant", "qdq"):
             continue
         outs = [stats[t].max_abs for t in node.output if t in stats]
         ins = [stats[t].max_abs for t in node.input if t in stats and t not in init_names]
@@ -501,10 +378,68 @@ def convert_fp16(
             "max_abs_in": _r(max(ins)) if ins else None, "max_abs_out": _r(max(outs)) if outs else None,
             "max_abs_weights": _r(max(weights)) if weights else None,
         })
-    flagged = {
+    return kept
+
+
+def flagged_tensors(stats, overflow_threshold=OVERFLOW_THRESHOLD, rounding_threshold=ROUNDING_THRESHOLD) -> dict:
+    return {
         name: s.as_dict() for name, s in stats.items()
         if s.nonfinite or s.max_abs > overflow_threshold or s.rel_err > rounding_threshold
     }
+
+
+def convert_fp16(
+    fp32_onnx: str | Path,
+    out_onnx: str | Path,
+    calib_inputs: np.ndarray | Iterable[np.ndarray],
+    *,
+    overflow_threshold: float = OVERFLOW_THRESHOLD,
+    rounding_threshold: float = ROUNDING_THRESHOLD,
+    keep_fp32_ops: Mapping[str, str] | None = None,
+    keep_fp32_nodes: Iterable[str] = (),
+    count: int | None = None,
+    quiet: bool = True,
+) -> dict:
+    """Write a mixed FP16/FP32 copy of `fp32_onnx` to `out_onnx`; return the decision record.
+
+    calib_inputs: N x 3 x H x W float32 array, or an iterable of 3 x H x W frames (decoded lazily;
+    pass `count` for the progress bar). Frames are measured one at a time: memory does not grow with N.
+    keep_fp32_ops: op type -> reason, replaces POLICY_FP32_OPS; keep_fp32_nodes: node names to pin.
+    The result passes onnx.checker and is run once in ONNX Runtime (CPU) before this returns.
+    """
+    import onnx
+    import onnxruntime as ort
+
+    from .macs import precision_census
+
+    t0 = time.perf_counter()
+    fp32_onnx, out_onnx = Path(fp32_onnx), Path(out_onnx)
+    if not fp32_onnx.is_file():
+        raise UserError(f"FP32 ONNX {fp32_onnx} does not exist.")
+    if isinstance(calib_inputs, np.ndarray):
+        calib_inputs = np.asarray(calib_inputs, dtype=np.float32)
+        if calib_inputs.ndim != 4 or len(calib_inputs) == 0:
+            raise UserError("FP16 conversion needs at least one calibration input (N x 3 x H x W).")
+        count = len(calib_inputs)
+    model = _load(fp32_onnx)
+    _name_nodes(model)
+    first = []
+
+    def keep_first(frames):
+        for f in frames:
+            if not first:
+                first.append(np.asarray(f, np.float32))
+            yield f
+
+    result = stream(model, keep_first(_frames(calib_inputs)), count or 0, quiet=quiet, desc="fp16 ranges")
+    if result.frames == 0:
+        raise UserError("FP16 conversion needs at least one calibration input (N x 3 x H x W).")
+    stats = result.stats
+    plans = plan_precision(model, stats, overflow_threshold, rounding_threshold, keep_fp32_ops, keep_fp32_nodes)
+
+    types = _elem_types(model)
+    kept = kept_fp32_record(model, plans, stats)
+    flagged = flagged_tensors(stats, overflow_threshold, rounding_threshold)
     half_ops, full_ops = _graph_dtype_census(model, plans)
 
     model, casts = apply_precision(model, plans)
@@ -512,17 +447,21 @@ def convert_fp16(
     model.producer_name = "lrformer-deploy"
     onnx.save(model, str(out_onnx))
     onnx.checker.check_model(str(out_onnx), full_check=True)
+    census = precision_census(model, kept)
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     sess = ort.InferenceSession(str(out_onnx), opts, providers=["CPUExecutionProvider"])
-    in_meta = sess.get_inputs()[0]
-    sess.run(None, {in_meta.name: next(iter(_batches(calib_inputs, in_meta.shape)))})
+    x = first[0] if first[0].ndim == 4 else first[0][None]
+    sess.run(None, {sess.get_inputs()[0].name: x})
 
     overall = max((s.max_abs for n, s in stats.items() if types.get(n) is not None), default=0.0)
     return {
         "precision": "fp16",
-        "method": "measured: FP32 graph run in ONNX Runtime (CPU) with all float intermediates exposed",
-        "calibration_inputs": int(len(calib_inputs)),
+        "tool": "lrformer-deploy FP16 pass (measured ranges, ONNX Runtime CPU)",
+        "method": "measured: FP32 graph run in ONNX Runtime (CPU) one frame at a time, range statistics "
+                  "reduced inside the graph",
+        "calibration_inputs": int(result.frames),
+        "measure_seconds": round(result.seconds, 3),
         "thresholds": {"overflow_abs": overflow_threshold, "fp16_rounding_rel": rounding_threshold},
         "policy_ops": sorted((keep_fp32_ops if keep_fp32_ops is not None else POLICY_FP32_OPS).keys()),
         "nodes_fp16": int(sum(half_ops.values())),
@@ -533,6 +472,7 @@ def convert_fp16(
         "flagged_tensors": flagged,
         "max_abs_overall": _r(overall),
         "casts_inserted": casts,
+        "compute": census,
         "onnx": out_onnx.name,
         "seconds": round(time.perf_counter() - t0, 3),
     }

@@ -1,21 +1,32 @@
-"""INT8 graph: explicit Q/DQ post-training quantization calibrated on the CPU with ONNX Runtime.
+"""INT8 graph: explicit Q/DQ post-training quantization, calibrated on the CPU with ONNX Runtime.
 
 TensorRT 10 deprecated implicit INT8 calibration and TensorRT 11 removed it, so the INT8 decision is
 written into the ONNX graph as QuantizeLinear/DequantizeLinear pairs, in the form TensorRT fuses:
-symmetric int8 (zero point 0) activations and weights, per-channel weight scales on the output-channel
-axis, per-tensor activation scales, Q/DQ only on the inputs of Conv / MatMul / Gemm, biases left in
-float (TensorRT adds them after the integer product), everything else (LayerNormalization, Softmax,
-Resize, ArgMax, element-wise ops) stays float.
+symmetric int8 (zero point 0), per-channel weight scales on the output-channel axis, per-tensor
+activation scales, biases left in float (TensorRT adds them after the integer product).
 
-Tool choice: onnxruntime.quantization.quantize_static (QDQ format). It is already a dependency, runs
-on the CPU and can take precomputed tensor ranges. NVIDIA ModelOpt (nvidia-modelopt[onnx]) was tried
-with `pip install --dry-run`: it would replace onnxruntime 1.32 with onnxruntime-gpu 1.24, downgrade
-onnx to 1.21 and pull cupy-cuda12x, i.e. break the CPU environment this project tests in.
+Placement (NVIDIA's explicit-quantization guidance): Q/DQ on the inputs of Conv, Gemm and the MatMuls
+with a weight. Not quantized, with the reason recorded: the constant LRSA pooling matrices (averages,
+no GEMM worth quantizing, and their reduction axis is no valid TensorRT scale axis), the attention
+products of two activations (`quantize_attention`), residual Adds (in LRFormer they follow a
+layer-scale Mul, not a Conv, so TensorRT has no Conv+Add fusion to gain; quantizing the residual
+stream costs accuracy).
 
-Calibration ranges are cached next to the artifact (NAME-int8.calib.json), keyed by the FP32 graph's
-sha256, the calibration source (file names + sizes + mtimes, or the array's content hash), method,
-count, input size, mean/std and the ONNX Runtime version; a matching cache skips frame decoding and
-calibration entirely.
+Target: "tensorrt" (default) writes the float ops between the Q/DQ pairs in FP16 wherever the FP16
+analysis (fp16.py, measured on the same frames in the same pass) allows; a strongly typed TensorRT
+network runs every op in the type the graph states, so an FP32 remainder would be slower than the FP16
+engine. The opset is raised to 19 for FP16 Q/DQ scales. "cpu" keeps float ops in FP32: ONNX Runtime's
+CPU provider has no fast FP16 kernels, and its INT8 kernels (VNNI/AMX) run the Q/DQ Conv/MatMul.
+
+Tool choice: ranges streamed frame by frame into ONNX Runtime's own HistogramCollector (entropy,
+percentile) or a running min/max, then onnxruntime.quantization.quantize_static with those ranges.
+NVIDIA ModelOpt's ONNX PTQ was measured on the same graph (see README: less accurate on LRFormer
+with its own placement, and its pins replace this project's onnxruntime/onnx).
+
+Calibration ranges (and the FP16 statistics) are cached next to the artifact (NAME-int8.calib.json),
+keyed by the FP32 graph's sha256, the calibration source (file names + sizes + mtimes, or the array's
+content hash), method, count, input size, mean/std, placement and the ONNX Runtime version; a
+matching cache skips frame decoding and calibration entirely.
 """
 from __future__ import annotations
 
@@ -34,12 +45,16 @@ import numpy as np
 
 from ..errors import UserError
 from ..manifest import sha256_file
-from .calibration import DEFAULT_MEAN, DEFAULT_STD, load_calibration_frames, source_fingerprint
+from ..atomic import atomic_output, write_text
+from .calibration import DEFAULT_MEAN, DEFAULT_STD, source_fingerprint
+from .measure import DEFAULT_BYTE_BUDGET
 
 METHODS = ("entropy", "percentile", "minmax")
 QUANTIZED_OP_TYPES = ("Conv", "MatMul", "Gemm")
 CACHE_FORMAT = "lrformer-deploy-int8-calibration"
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: streaming collection, new placement, FP16 statistics stored
+TARGETS = ("tensorrt", "cpu")
+QDQ_OPSET = 19  # FP16 scales on QuantizeLinear/DequantizeLinear
 
 
 def graph_sha256(path: Path) -> str:
@@ -89,29 +104,6 @@ def activation_matmuls(model) -> list[str]:
     return [n.name for n in g.node if n.op_type == "MatMul" and not any(constant(i) for i in n.input[:2])]
 
 
-class _FrameReader:
-    """onnxruntime CalibrationDataReader over an N x 3 x H x W array, one graph batch at a time."""
-
-    def __init__(self, name: str, frames: np.ndarray, batch: int):
-        self.name, self.frames, self.batch, self.pos = name, frames, max(1, batch), 0
-
-    def get_next(self):
-        if self.pos + self.batch > len(self.frames):
-            return None
-        item = {self.name: self.frames[self.pos:self.pos + self.batch]}
-        self.pos += self.batch
-        return item
-
-    def rewind(self):
-        self.pos = 0
-
-    def __len__(self):
-        return len(self.frames) // self.batch
-
-    def set_range(self, start_index: int, end_index: int):  # used by ORT's strided calibration
-        self.pos = start_index
-
-
 def calibration_key(parts: dict) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
@@ -132,39 +124,6 @@ def _copy_graph(src: Path, dst: Path) -> None:
     import onnx
 
     onnx.save(onnx.load(str(src)), str(dst))  # loads external data, writes one self-contained file
-
-
-def _calibrate(model_path: Path, reader, method: str, percentile: float, entropy_bins: int, out_json: Path) -> None:
-    """Tensor ranges with ONNX Runtime's calibrators, saved in ORT's calibration-cache JSON format.
-
-    Called directly (not through quantize_static) because quantize_static does not forward the
-    histogram size: its entropy default of 128 bins for 128 quantized bins leaves a single candidate
-    threshold, i.e. plain min/max. TensorRT's entropy calibration used 2048 bins; 512 keeps the
-    KL search affordable on a CPU while leaving 192 candidate thresholds.
-    """
-    from onnxruntime.quantization import CalibrationMethod
-    from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
-
-    options: dict = {"symmetric": True}
-    if method == "entropy":
-        calib_method = CalibrationMethod.Entropy
-        options.update(num_bins=int(entropy_bins), num_quantized_bins=128)
-    elif method == "percentile":
-        calib_method = CalibrationMethod.Percentile
-        options.update(num_bins=2048, percentile=float(percentile))
-    else:
-        calib_method = CalibrationMethod.MinMax
-    calibrator = create_calibrator(
-        model_path, list(QUANTIZED_OP_TYPES),
-        augmented_model_path=str(out_json.with_name("augmented.onnx")),
-        calibrate_method=calib_method, extra_options=options,
-    )
-    # ORT's calibrators print progress with print(); keep stdout clean for `lrformer-export --json`.
-    with contextlib.redirect_stdout(io.StringIO()):
-        calibrator.collect_data(reader)
-        ranges = calibrator.compute_data()
-    save_tensors_data(ranges, out_json)
-    del calibrator
 
 
 def check_qdq(model) -> dict:
@@ -211,6 +170,153 @@ def check_qdq(model) -> dict:
     }
 
 
+def _constant_values(model):
+    """name -> numpy value for initializers and Constant outputs, seen through Transpose/Identity/Cast."""
+    from onnx import numpy_helper
+
+    g = model.graph
+    values = {i.name: i for i in g.initializer}
+    for n in g.node:
+        if n.op_type == "Constant":
+            for a in n.attribute:
+                if a.name == "value":
+                    values[n.output[0]] = a.t
+    producer = {o: n for n in g.node for o in n.output}
+
+    def value(name):
+        node = producer.get(name)
+        while node is not None and node.op_type in ("Transpose", "Identity", "Cast") and name not in values:
+            name = node.input[0]
+            node = producer.get(name)
+        t = values.get(name)
+        return None if t is None else numpy_helper.to_array(t)
+
+    return value
+
+
+def _is_pooling_matrix(w) -> bool:
+    """Adaptive-average-pooling matrix: non-negative, every row (or every column) sums to one."""
+    if w is None or w.ndim != 2 or w.size == 0 or np.any(w < 0):
+        return False
+    return bool(np.allclose(w.sum(axis=1), 1, atol=1e-5) or np.allclose(w.sum(axis=0), 1, atol=1e-5))
+
+
+def placement(model, quantize_attention: bool = False, keep_float_nodes: Iterable[str] = ()) -> tuple[dict, dict]:
+    """({node: [activation tensors to calibrate]}, {node: reason kept float}) for Conv/MatMul/Gemm."""
+    value = _constant_values(model)
+    graph_inputs = {i.name for i in model.graph.input}
+    keep = set(keep_float_nodes)
+    attention = set(activation_matmuls(model))
+    quantize, excluded = {}, {}
+    for n in model.graph.node:
+        if n.op_type not in QUANTIZED_OP_TYPES:
+            continue
+        if n.name in keep:
+            excluded[n.name] = "kept float on request"
+            continue
+        operands = list(n.input[:2])
+        consts = {i: value(i) for i in operands}
+        if n.op_type == "MatMul" and any(_is_pooling_matrix(v) for v in consts.values()):
+            excluded[n.name] = ("LRSA pooling: product with a constant averaging matrix (no Q/DQ: its reduction "
+                                "axis is no valid TensorRT scale axis, and the op is an average, not a GEMM worth INT8)")
+            continue
+        if n.name in attention and not quantize_attention:
+            excluded[n.name] = "attention product of two activations (softmax probabilities)"
+            continue
+        acts = [i for i in operands if consts[i] is None or i in graph_inputs]
+        if n.op_type in ("Conv", "Gemm"):
+            acts = acts[:1]
+        quantize[n.name] = acts
+    return quantize, excluded
+
+
+class _RangeCollector:
+    """Per-frame ranges folded into ONNX Runtime's HistogramCollector (entropy, percentile) or a
+    running min/max: nothing is kept per frame."""
+
+    def __init__(self, method: str, percentile: float, entropy_bins: int):
+        from onnxruntime.quantization.calibrate import HistogramCollector
+
+        self.method = method
+        self.minmax: dict[str, list[float]] = {}
+        self.hist = None
+        if method == "entropy":
+            self.hist = HistogramCollector("entropy", True, int(entropy_bins), 128, percentile, "same")
+        elif method == "percentile":
+            self.hist = HistogramCollector("percentile", True, 2048, 128, float(percentile), "same")
+
+    def __call__(self, values: dict[str, np.ndarray]) -> None:
+        if self.hist is not None:
+            with contextlib.redirect_stdout(io.StringIO()):  # ORT prints progress; stdout may carry JSON
+                self.hist.collect({k: np.asarray(v, np.float32) for k, v in values.items()})
+            return
+        for k, v in values.items():
+            lo, hi = float(np.min(v)), float(np.max(v))
+            old = self.minmax.get(k)
+            self.minmax[k] = [min(lo, old[0]), max(hi, old[1])] if old else [lo, hi]
+
+    def tensors_data(self):
+        from onnxruntime.quantization import CalibrationMethod
+        from onnxruntime.quantization.calibrate import TensorsData
+
+        if self.hist is None:  # symmetric, as ORT's MinMaxCalibrater(symmetric=True) computes it
+            data = {}
+            for k, (lo, hi) in self.minmax.items():
+                m = max(abs(lo), abs(hi))
+                data[k] = (np.array(-m, np.float32), np.array(m, np.float32))
+            return TensorsData(CalibrationMethod.MinMax, data)
+        with contextlib.redirect_stdout(io.StringIO()):
+            result = self.hist.compute_collection_result()
+        method = CalibrationMethod.Entropy if self.method == "entropy" else CalibrationMethod.Percentile
+        return TensorsData(method, result)
+
+
+def _stats_to_json(stats) -> dict:
+    return {k: [s.max_abs, s.sq_sum, s.sq_err, bool(s.nonfinite)] for k, s in stats.items()}
+
+
+def _stats_from_json(data) -> dict:
+    from .measure import TensorStats
+
+    return {k: TensorStats(float(a), float(b), float(c), bool(d)) for k, (a, b, c, d) in data.items()}
+
+
+def fp16_form(qmodel, stats):
+    """Rewrite a Q/DQ graph so that the float ops run in FP16 where the FP16 analysis allows: Q takes
+    its input's type, DQ produces what its consumers read. Returns (model, kept_fp32 record)."""
+    import onnx
+
+    from .fp16 import _name_nodes, _Plan, apply_precision, kept_fp32_record, plan_precision
+
+    if next((o.version for o in qmodel.opset_import if o.domain in ("", "ai.onnx")), 17) < QDQ_OPSET:
+        qmodel = onnx.version_converter.convert_version(qmodel, QDQ_OPSET)
+    qmodel = onnx.shape_inference.infer_shapes(qmodel, strict_mode=False, data_prop=True)
+    _name_nodes(qmodel)
+    plans = plan_precision(qmodel, stats)
+    g = qmodel.graph
+    producer = {o: n for n in g.node for o in n.output}
+    consumers = collections.defaultdict(list)
+    for n in g.node:
+        for i, t in enumerate(n.input):
+            consumers[t].append((n, i))
+    for n in g.node:
+        if n.op_type == "QuantizeLinear":
+            src = producer.get(n.input[0])
+            sp = plans.get(src.name) if src is not None else None
+            half = bool(sp and sp.half and list(src.output).index(n.input[0]) in sp.half_outputs)
+            plans[n.name] = _Plan(half, {0, 1} if half else set(), set(), category="qdq",
+                                  reason="follows its input's type")
+    for n in g.node:
+        if n.op_type == "DequantizeLinear":
+            users = consumers.get(n.output[0], [])
+            half = bool(users) and all(plans[u.name].half and i in plans[u.name].half_inputs for u, i in users)
+            plans[n.name] = _Plan(half, {1} if half else set(), {0} if half else set(), category="qdq",
+                                  reason="produces its consumers' type")
+    kept = kept_fp32_record(qmodel, plans, stats)
+    qmodel, _ = apply_precision(qmodel, plans)
+    return qmodel, kept
+
+
 def quantize_int8(
     fp32_onnx: str | Path,
     out_onnx: str | Path,
@@ -227,20 +333,29 @@ def quantize_int8(
     quantize_attention: bool = False,
     keep_float_nodes: Iterable[str] = (),
     pre_process: bool = True,
+    target: str = "tensorrt",
+    quiet: bool = True,
+    byte_budget: int = DEFAULT_BYTE_BUDGET,
 ) -> dict:
     """Write an explicit Q/DQ INT8 copy of `fp32_onnx` to `out_onnx`; return the record for the manifest.
 
     calib_source: a folder of images, a video file (frames sampled evenly) or an already preprocessed
-    N x 3 x H x W float32 array. count: frames to use. method: entropy | percentile | minmax.
-    cache_dir: where NAME.calib.json lives (default: beside out_onnx). size: (H, W), default the graph's.
-    quantize_attention: also put Q/DQ on the activation x activation MatMuls of attention (off: the
-    softmax probabilities lose too much at 8 bits per tensor; TensorRT runs them in the graph's float).
+    N x 3 x H x W float32 array. count: frames to use (decoded and measured one at a time). method:
+    entropy | percentile | minmax. cache_dir: where NAME.calib.json lives (default: beside out_onnx).
+    size: (H, W), default the graph's. target: "tensorrt" (float ops in FP16 where measured safe) or
+    "cpu" (float ops in FP32). quantize_attention: also put Q/DQ on the activation x activation MatMuls.
+    byte_budget: most bytes of calibrated tensors fetched per graph run (more runs per frame above it).
     The result's "calibration"["cache_hit"] says whether the ranges came from the cache.
     """
     import onnx
     import onnxruntime
     import onnxruntime as ort
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.calibrate import save_tensors_data
+
+    from .fp16 import _name_nodes
+    from .macs import precision_census
+    from .measure import stream
 
     t_start = time.perf_counter()
     fp32_onnx, out_onnx = Path(fp32_onnx), Path(out_onnx)
@@ -249,6 +364,8 @@ def quantize_int8(
     method = method.lower()
     if method not in METHODS:
         raise UserError(f"unknown calibration method {method!r}; choose one of {', '.join(METHODS)}.")
+    if target not in TARGETS:
+        raise UserError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}.")
     if count < 1:
         raise UserError(f"--calib-count must be at least 1, got {count}.")
     input_name, dims = _graph_input(fp32_onnx)
@@ -257,6 +374,8 @@ def quantize_int8(
             raise UserError("the FP32 graph's input has no static H, W; pass size=(H, W).")
         size = (dims[2], dims[3])
     batch = dims[0] if dims and isinstance(dims[0], int) and dims[0] > 0 else 1
+    if batch != 1:
+        raise UserError(f"INT8 calibration runs one frame per graph run: export with batch 1 (graph has {batch}).")
 
     fingerprint = source_fingerprint(calib_source)
     key_parts = {
@@ -264,6 +383,7 @@ def quantize_int8(
         "size": list(size), "mean": [float(m) for m in mean], "std": [float(s) for s in std],
         "percentile": percentile if method == "percentile" else None, "pre_process": pre_process,
         "entropy_bins": entropy_bins if method == "entropy" else None,
+        "quantize_attention": bool(quantize_attention), "keep_float_nodes": sorted(keep_float_nodes),
         "onnxruntime": ".".join(onnxruntime.__version__.split(".")[:2]), "version": CACHE_VERSION,
     }
     key = calibration_key(key_parts)
@@ -275,37 +395,53 @@ def quantize_int8(
             cached = json.loads(cache_path.read_text())
             if cached.get("format") != CACHE_FORMAT or cached.get("key") != key:
                 cached = None
+            elif target == "tensorrt" and not cached.get("fp16_stats"):
+                cached = None  # ranges from a CPU-target run: the FP16 statistics are still needed
         except (OSError, ValueError):
             cached = None
 
+    # TemporaryDirectory: removed on SIGTERM too (cli_entry turns it into a KeyboardInterrupt).
     with tempfile.TemporaryDirectory(prefix="lrformer-int8-") as tmp:
         tmp = Path(tmp)
         pre_path = tmp / "pre.onnx"
         pre_note = _pre_process(fp32_onnx, pre_path) if pre_process else "not requested"
         if not pre_process:
             _copy_graph(fp32_onnx, pre_path)
-        model = onnx.load(str(pre_path))
-        excluded = {name: "kept float on request" for name in keep_float_nodes}
-        if not quantize_attention:
-            for name in activation_matmuls(model):
-                excluded.setdefault(name, "attention product of two activations (softmax probabilities)")
+        model = onnx.shape_inference.infer_shapes(onnx.load(str(pre_path)), strict_mode=False, data_prop=True)
+        _name_nodes(model)
+        onnx.save(model, str(pre_path))  # node names are what nodes_to_quantize refers to
+        to_quantize, excluded = placement(model, quantize_attention, keep_float_nodes)
+        tensors = list(dict.fromkeys(t for ts in to_quantize.values() for t in ts))
 
         ort_cache = tmp / "ranges.json"
         t_cal = time.perf_counter()
-        n_frames = None
+        n_frames = runs = None
         if cached is not None:
             ort_cache.write_text(json.dumps(cached["tensors_data"]))
             n_frames = cached.get("frames")
+            stats = _stats_from_json(cached.get("fp16_stats") or {})
         else:
-            if isinstance(calib_source, np.ndarray):
-                frames = np.asarray(calib_source, np.float32)[:count]
-            else:
-                frames = load_calibration_frames(calib_source, count, size, mean, std)
-            if len(frames) < batch:
-                raise UserError(f"calibration needs at least {batch} frame(s), got {len(frames)}.")
-            n_frames = int(len(frames))
-            reader = _FrameReader(input_name, frames, batch)
-            _calibrate(pre_path, reader, method, percentile, entropy_bins, ort_cache)
+            from .calibration import count_calibration_frames, iter_calibration_frames
+
+            total = min(count, len(calib_source)) if isinstance(calib_source, np.ndarray) else \
+                count_calibration_frames(calib_source, count)
+            collector = _RangeCollector(method, percentile, entropy_bins)
+            graph_inputs = {i.name for i in model.graph.input}
+            fed = [t for t in tensors if t in graph_inputs]
+
+            def frames():
+                for f in iter_calibration_frames(calib_source, count, size, mean, std):
+                    if fed:  # graph inputs are not re-fetched from the run
+                        collector({t: f[None] for t in fed})
+                    yield f
+
+            result = stream(model, frames(), total, fp16_stats=(target == "tensorrt"),
+                            collect=[t for t in tensors if t not in graph_inputs], collector=collector,
+                            byte_budget=byte_budget, quiet=quiet, desc="int8 calibration")
+            if result.frames < 1:
+                raise UserError("calibration needs at least 1 frame, got 0.")
+            n_frames, runs, stats = result.frames, result.runs_per_frame, result.stats
+            save_tensors_data(collector.tensors_data(), ort_cache)
         ranges_seconds = time.perf_counter() - t_cal
 
         calib_method = {"entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile,
@@ -318,64 +454,80 @@ def quantize_int8(
             # round the values that feed float ops (LayerNorm, residual adds, the logits) to 8 bits.
             "OpTypesToExcludeOutputQuantization": list(QUANTIZED_OP_TYPES),
         }
-        quantize_static(  # ranges always come from the cache file: computed above or reused
-            str(pre_path), _mkparent(out_onnx),
-            calibration_data_reader=None,
-            quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=list(QUANTIZED_OP_TYPES),
-            per_channel=True,
-            reduce_range=False,
-            activation_type=QuantType.QInt8,
-            weight_type=QuantType.QInt8,
-            nodes_to_exclude=sorted(excluded),
-            calibrate_method=calib_method,
-            extra_options=extra,
-            calibration_cache_path=str(ort_cache),
-        )
+        q_path = tmp / "qdq.onnx"
+        with contextlib.redirect_stdout(io.StringIO()):
+            quantize_static(  # ranges always come from the cache file: computed above or reused
+                str(pre_path), str(q_path),
+                calibration_data_reader=None,
+                quant_format=QuantFormat.QDQ,
+                op_types_to_quantize=list(QUANTIZED_OP_TYPES),
+                nodes_to_quantize=sorted(to_quantize),
+                per_channel=True,
+                reduce_range=False,
+                activation_type=QuantType.QInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=calib_method,
+                extra_options=extra,
+                calibration_cache_path=str(ort_cache),
+            )
+        qmodel = onnx.load(str(q_path))
         quantize_seconds = time.perf_counter() - t_cal - ranges_seconds
         if cached is None:
             payload = {
                 "format": CACHE_FORMAT, "version": CACHE_VERSION, "key": key, "key_parts": key_parts,
                 "frames": n_frames, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "tensors_data": json.loads(ort_cache.read_text()),
+                "fp16_stats": _stats_to_json(stats) if target == "tensorrt" else None,
             }
             cache_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp_cache = cache_path.with_suffix(".json.tmp")
-            tmp_cache.write_text(json.dumps(payload))
-            os.replace(tmp_cache, cache_path)
+            write_text(cache_path, json.dumps(payload))
 
-    qmodel = onnx.load(str(out_onnx))
     # ORT's optimizer declares its private domains (com.microsoft, ...); no node uses them here, and
     # other consumers (TensorRT's parser) should not see them.
     used = {n.domain or "" for n in qmodel.graph.node} | {""}
-    if any(o.domain not in used for o in qmodel.opset_import):
-        keep = [o for o in qmodel.opset_import if o.domain in used]
-        del qmodel.opset_import[:]
-        qmodel.opset_import.extend(keep)
-        onnx.save(qmodel, str(out_onnx))
+    keep = [o for o in qmodel.opset_import if o.domain in used]
+    del qmodel.opset_import[:]
+    qmodel.opset_import.extend(keep)
+    kept_fp32 = []
+    if target == "tensorrt":
+        qmodel, kept_fp32 = fp16_form(qmodel, stats)
+    else:
+        qmodel = onnx.shape_inference.infer_shapes(qmodel, strict_mode=False, data_prop=True)
+    qmodel.producer_name = "lrformer-deploy"
+    with atomic_output(_mkparent(out_onnx)) as tmp_out:
+        onnx.save(qmodel, str(tmp_out))
     onnx.checker.check_model(str(out_onnx), full_check=True)
     qdq = check_qdq(qmodel)
+    census = precision_census(qmodel, kept_fp32, None if target == "tensorrt" else
+                              "target cpu: float ops stay FP32 (ONNX Runtime's CPU provider has no fast FP16 kernels)")
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     ort.InferenceSession(str(out_onnx), opts, providers=["CPUExecutionProvider"])  # loads and plans on CPU
 
     return {
         "precision": "int8",
+        "target": target,
+        "tool": "onnxruntime.quantization (streamed HistogramCollector ranges + quantize_static, QDQ)",
         "scheme": "explicit Q/DQ (QuantizeLinear/DequantizeLinear), onnxruntime.quantization.quantize_static",
         "activations": "int8 symmetric (zero point 0), per-tensor scales",
         "weights": "int8 symmetric (zero point 0), per-channel scales on the output-channel axis",
         "bias": "float (not quantized)",
+        "float_ops": "fp16 where the FP16 analysis allows (kept_fp32 lists the rest)" if target == "tensorrt"
+        else "fp32 (target cpu)",
         "op_types_quantized": list(QUANTIZED_OP_TYPES),
+        "quantized_nodes": len(to_quantize),
         "kept_float": [{"node": n, "reason": r} for n, r in sorted(excluded.items())],
-        "kept_float_op_types": "all other ops (LayerNormalization, Softmax, Resize, ArgMax, element-wise) "
-                               "run in float between the Q/DQ pairs",
+        "kept_fp32": kept_fp32,
+        "compute": census,
         "graph": qdq,
+        "opset": next((o.version for o in qmodel.opset_import if o.domain in ("", "ai.onnx")), None),
         "pre_process": pre_note,
         "calibration": {
             "method": method, "percentile": key_parts["percentile"], "count": int(count), "frames": n_frames,
             "size": list(size), "source": fingerprint if fingerprint.get("kind") == "array" else
             {"kind": fingerprint["kind"], "path": fingerprint["path"], "files": len(fingerprint["files"])},
             "cache_file": cache_path.name, "cache_key": key, "cache_hit": cached is not None,
+            "runs_per_frame": runs, "tensors": len(tensors),
             "seconds": round(ranges_seconds, 3),  # frame decoding + range collection (0 on a cache hit)
             "quantize_seconds": round(quantize_seconds, 3),
         },

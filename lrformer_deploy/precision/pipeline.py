@@ -2,6 +2,7 @@
 
     details = make_precision_graph("out/NAME.onnx", "fp16", calib="frames/")          # NAME-fp16.onnx
     details = make_precision_graph("out/NAME.onnx", "int8", calib="clip.mp4", calib_count=64)
+    details = make_precision_graph("out/NAME.onnx", "int8", calib="clip.mp4", target="cpu", quiet=True)
 
 Inputs: `calib` is a folder of images or a video file. The graph is converted/calibrated on
 `calib_count` frames sampled evenly; its accuracy is then checked on `check_count` OTHER frames of the
@@ -9,9 +10,16 @@ same source (midpoints between calibration frames) so the check is not done on t
 ranges; a source too short to hold frames back is checked on the calibration frames (recorded).
 Without `calib`, FP16 measures on procedural synthetic scenes (lrformer_deploy.synthetic) and says so;
 INT8 requires real calibration data.
+
+Frames are decoded and measured one at a time (memory does not grow with calib_count). `target`
+chooses the graph's form: "tensorrt" (default; float ops in FP16 where measured safe, also around the
+INT8 Q/DQ pairs) or "cpu" (the INT8 graph keeps its float ops in FP32 for ONNX Runtime's CPU provider;
+FP16 graphs are the same for both). The manifest records the target. Progress bars (tqdm) go to stderr
+unless `quiet` or stderr is not a terminal; one summary line per graph goes to stderr unless quiet.
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -19,9 +27,17 @@ import numpy as np
 
 from ..errors import UserError
 from .accuracy import DEFAULT_MIN_AGREEMENT, AccuracyBelowThreshold, accuracy_report
-from .calibration import DEFAULT_MEAN, DEFAULT_STD, load_calibration_frames, preprocessor
+from .calibration import (
+    DEFAULT_MEAN,
+    DEFAULT_STD,
+    count_calibration_frames,
+    iter_calibration_frames,
+    load_calibration_frames,
+    preprocessor,
+)
 from .fp16 import convert_fp16
-from .int8 import quantize_int8
+from .int8 import TARGETS, quantize_int8
+from .macs import census_line
 
 PRECISIONS = ("fp16", "int8")
 
@@ -65,6 +81,8 @@ def make_precision_graph(
     mean: Sequence[float] = DEFAULT_MEAN,
     std: Sequence[float] = DEFAULT_STD,
     min_agreement: float | None = None,
+    target: str = "tensorrt",
+    quiet: bool = False,
 ) -> dict:
     """Write NAME-fp16.onnx or NAME-int8.onnx beside `fp32_onnx`; return the precision_details dict.
 
@@ -75,6 +93,8 @@ def make_precision_graph(
     fp32_onnx = Path(fp32_onnx)
     if precision not in PRECISIONS:
         raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}.")
+    if target not in TARGETS:
+        raise UserError(f"target must be one of {', '.join(TARGETS)}, got {target!r}.")
     if not fp32_onnx.is_file():
         raise UserError(f"FP32 ONNX {fp32_onnx} does not exist.")
     out = Path(out_onnx) if out_onnx is not None else output_path(fp32_onnx, precision)
@@ -89,7 +109,7 @@ def make_precision_graph(
         data = {"source": "synthetic procedural scenes (no --calib given)", "calibration_frames": calib_count,
                 "check_frames": check_count, "check_held_back": True}
     else:
-        calib_frames = None if precision == "int8" else load_calibration_frames(calib, calib_count, size, mean, std)
+        calib_frames = None if precision == "int8" else iter_calibration_frames(calib, calib_count, size, mean, std)
         held_back = True
         try:
             check_frames = load_calibration_frames(calib, check_count, size, mean, std, holdout_of=calib_count)
@@ -100,15 +120,19 @@ def make_precision_graph(
                 "check_held_back": held_back}
 
     if precision == "fp16":
-        conversion = convert_fp16(fp32_onnx, out, calib_frames)
+        count = count_calibration_frames(calib, calib_count) if calib is not None else len(calib_frames)
+        conversion = convert_fp16(fp32_onnx, out, calib_frames, count=count, quiet=quiet)
     else:
         conversion = quantize_int8(fp32_onnx, out, calib, count=calib_count, method=calib_method,
-                                   cache_dir=cache_dir, size=size, mean=mean, std=std)
-    details = {"precision": precision, "data": data, "conversion": conversion}
+                                   cache_dir=cache_dir, size=size, mean=mean, std=std, target=target, quiet=quiet)
+    details = {"precision": precision, "target": target, "data": data, "conversion": conversion,
+               "compute": conversion["compute"]}
     details["onnx"] = out.name
+    if not quiet:
+        print(f"{out.name}: {census_line(conversion['compute'])}", file=sys.stderr)
     try:
         details["accuracy"] = accuracy_report(fp32_onnx, out, check_frames, precision=precision,
-                                              min_agreement=threshold)
+                                              min_agreement=threshold, quiet=quiet)
     except AccuracyBelowThreshold as exc:
         details["accuracy"] = exc.report
         exc.details = details  # the CLI may still record what was measured
