@@ -109,16 +109,19 @@ def data(tmp_path_factory, shared_video) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def ray_address():
     """One local Ray for the module, joined by the CLI runs with --address; shut down afterwards."""
-    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
+    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")}
     # A token for this instance only (in the environment the CLI subprocesses inherit): Ray would
     # otherwise write ~/.ray/auth_token and warn.
     os.environ["RAY_AUTH_MODE"] = "token"
     os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+    # Loopback addresses only (read when Ray is imported; the CLI runs inherit it).
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     import ray
 
     before = ray_pids()
     ctx = ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
     try:
+        assert ctx.address_info["gcs_address"].startswith("127.0.0.1:")  # loopback only
         yield ctx.address_info["gcs_address"]
     finally:
         ray.shutdown()

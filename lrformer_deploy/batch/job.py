@@ -108,6 +108,10 @@ def start_ray(address: str | None, progress: bool) -> float:
             os.environ["RAY_AUTH_MODE"] = "token"
             os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
         kwargs["include_dashboard"] = False
+        # A local instance is a one-machine cluster: with this (read at import) Ray addresses its processes
+        # on the loopback instead of the machine's network address.
+        if "ray" not in sys.modules:
+            os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
         kwargs["num_cpus"] = local_cpus()  # the count plan_resources checked before Ray started
     else:
         # Workers on other machines do not inherit this process's environment.
