@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import os
 import re
 import socket
 import sys
 from pathlib import Path
 
-from lrformer_deploy.cli.common import OneLineParser, parse_size
+from lrformer_deploy.cli.common import OneLineParser, parse_size, writable_folder
 from lrformer_deploy.cli.infer import _opacity, _quiet_decoders
 from lrformer_deploy.errors import UserError, cli_entry
 
@@ -111,14 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _check_output(root: Path, resume: bool) -> None:
-    if root.exists() and not root.is_dir():
-        raise UserError(f"--output must be a folder, got the file {root}")
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"cannot create output folder {root}: {exc.strerror or exc}") from None
-    if not os.access(root, os.W_OK | os.X_OK):
-        raise UserError(f"cannot write to output folder {root}: permission denied")
+    writable_folder(root, "--output")
     from lrformer_deploy.batch.outputs import MANIFEST
 
     if (root / MANIFEST).exists() and not resume:
@@ -159,8 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_decoders()
     root = Path(args.output).expanduser().resolve()
     items = plan_inputs(args.inputs, args.frames_per_task)
+    _check_output(root, args.resume)  # before the model: a first-use demo export takes a while
     model, spec = _model(args)
-    _check_output(root, args.resume)
     save_mask = args.save_mask or not args.overlay
     layout = Layout(root, save_mask, args.overlay)
     layout.make_dirs()

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
+from pathlib import Path
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -22,3 +24,17 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str):  # noqa: D401 - argparse API
         self.exit(2, f"error: {message} (see --help)\n")
+
+
+def writable_folder(folder: Path, flag: str) -> None:
+    """Create `folder` (the output location given by `flag`) or fail with one clear UserError, before any work."""
+    from lrformer_deploy.errors import UserError
+
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{flag}: {folder} is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"{flag}: cannot create folder {folder}: {exc.strerror or exc}") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UserError(f"{flag}: cannot write to folder {folder}: permission denied")

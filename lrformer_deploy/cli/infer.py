@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 from lrformer_deploy import atomic
-from lrformer_deploy.cli.common import OneLineParser, parse_size
+from lrformer_deploy.cli.common import OneLineParser, parse_size, writable_folder
 from lrformer_deploy.errors import UserError, cli_entry
 
 
@@ -154,18 +154,7 @@ def _check_options(args: argparse.Namespace) -> None:
 def _writable_file(path: Path, flag: str) -> None:
     if path.is_dir():
         raise UserError(f"{flag} {path} is a folder; expected a file name")
-    _writable_folder(path.parent, flag)
-
-
-def _writable_folder(folder: Path, flag: str) -> None:
-    if folder.exists() and not folder.is_dir():
-        raise UserError(f"{flag}: {folder} is a file, not a folder")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"{flag}: cannot create folder {folder}: {exc.strerror or exc}") from None
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise UserError(f"{flag}: cannot write to folder {folder}: permission denied")
+    writable_folder(path.parent, flag)
 
 
 def _check_outputs(outputs, json_target: str | None) -> list[Path]:
@@ -177,7 +166,7 @@ def _check_outputs(outputs, json_target: str | None) -> list[Path]:
             targets.append(path)
     for folder, flag in ((outputs.image_dir, "--output"), (outputs.mask_dir, "--save-mask")):
         if folder is not None:
-            _writable_folder(folder, flag)
+            writable_folder(folder, flag)
             targets.append(folder)
     if json_target and json_target != "-":
         path = Path(json_target).expanduser()
