@@ -15,17 +15,40 @@ _EXTRAS = {"torch": "export", "onnx": "export", "onnxscript": "export", "onnxrun
            "tensorrt": "tensorrt", "pycuda": "gpu", "jsonschema": "test"}
 
 
+def _interrupt_in_chain(exc: BaseException) -> KeyboardInterrupt | None:
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def cli_entry(func):
     """Run a CLI main: user errors become one line on stderr and exit code 2; Ctrl-C, SIGTERM and SIGHUP
     unwind through the same `finally` blocks (partial videos finalised, temporaries removed) and exit
     128 + signal number (130, 143, 129)."""
     from lrformer_deploy.atomic import exit_code, termination_as_interrupt
 
+    def interrupted(exc: BaseException) -> int:
+        if not getattr(exc, "reported", False):  # the command may have said what it kept, in one line
+            print(f"interrupted ({getattr(exc, 'args', None) and exc.args[0] or 'SIGINT'})", file=sys.stderr)
+        return exit_code(exc)
+
     @functools.wraps(func)
     def wrapper(argv=None):
         try:
-            with termination_as_interrupt():
-                return func(argv) or 0
+            try:
+                with termination_as_interrupt():
+                    return func(argv) or 0
+            except Exception as exc:
+                # Some libraries catch everything, a signal too, and raise their own error from it (torch's
+                # ONNX exporter does): an interrupt anywhere in the chain is still an interrupt.
+                cause = _interrupt_in_chain(exc)
+                if cause is None:
+                    raise
+                return interrupted(cause)
         except UserError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
@@ -37,9 +60,7 @@ def cli_entry(func):
                   file=sys.stderr)
             return 2
         except KeyboardInterrupt as exc:
-            if not getattr(exc, "reported", False):  # the command may have said what it kept, in one line
-                print(f"interrupted ({getattr(exc, 'args', None) and exc.args[0] or 'SIGINT'})", file=sys.stderr)
-            return exit_code(exc)
+            return interrupted(exc)
         except BrokenPipeError:
             # The reader went away (`... | head`): stop quietly, and keep Python from complaining at exit.
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

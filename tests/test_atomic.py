@@ -58,3 +58,22 @@ def test_cli_entry_turns_sigterm_and_sighup_into_cleanup_and_128_plus_signal(tmp
     assert proc.returncode == 128 + sig
     assert marker.exists()
     assert proc.stderr.strip() == f"interrupted ({signal.Signals(sig).name})"
+
+
+def test_an_interrupt_wrapped_by_a_library_error_still_exits_as_the_signal(tmp_path):
+    """torch's ONNX exporter turns a signal that lands inside it into its own error; the CLI still exits 143."""
+    script = textwrap.dedent("""
+        import os, signal, sys, time
+        from lrformer_deploy.errors import cli_entry
+        @cli_entry
+        def main(argv):
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(5)
+            except BaseException as exc:
+                raise RuntimeError("Failed to export the model") from exc
+        sys.exit(main())
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 143, proc.stderr
+    assert proc.stderr.strip() == "interrupted (SIGTERM)"
