@@ -107,3 +107,20 @@ def tiny_model(tmp_path_factory):
         return build_tiny_model(folder, **kwargs)
 
     return make
+
+
+def read_video(path) -> tuple[list, float]:
+    """Every decodable frame of a video (BGR) and its fps; fails the test when the file does not open."""
+    import cv2
+
+    cap = cv2.VideoCapture(str(path))
+    assert cap.isOpened(), f"cannot open {path}"
+    fps = cap.get(cv2.CAP_PROP_FPS)
+    frames = []
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        frames.append(frame)
+    cap.release()
+    return frames, fps

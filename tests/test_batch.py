@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import build_tiny_model
+from conftest import build_tiny_model, read_video
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
                                 reason="needs Ray Data: pip install '.[batch]'")
@@ -61,20 +61,6 @@ def free_port() -> int:
 
 def read_masks(folder: Path) -> dict[str, np.ndarray]:
     return {p.name: cv2.imread(str(p), cv2.IMREAD_UNCHANGED) for p in sorted(folder.glob("*.png"))}
-
-
-def video_frames(path: Path) -> tuple[list[np.ndarray], float]:
-    cap = cv2.VideoCapture(str(path))
-    assert cap.isOpened(), path
-    fps = cap.get(cv2.CAP_PROP_FPS)
-    frames = []
-    while True:
-        ok, frame = cap.read()
-        if not ok:
-            break
-        frames.append(frame)
-    cap.release()
-    return frames, fps
 
 
 def manifest(out: Path) -> dict:
@@ -178,12 +164,12 @@ def test_masks_and_overlay_video_match_lrformer_infer(tmp_path, data, ray_addres
     differing = [name for name in expected if not np.array_equal(expected[name], got[name])]
     assert not differing, differing[:5]
 
-    src, src_fps = video_frames(data["video"])
-    overlay, fps = video_frames(out / "overlays" / "clip_seg.mp4")
+    src, src_fps = read_video(data["video"])
+    overlay, fps = read_video(out / "overlays" / "clip_seg.mp4")
     assert len(overlay) == len(src) == VIDEO_FRAMES
     assert fps == pytest.approx(src_fps, abs=0.01)
     assert overlay[0].shape == src[0].shape
-    reference, _ = video_frames(ref_video)
+    reference, _ = read_video(ref_video)
     assert all(np.array_equal(a, b) for a, b in zip(overlay, reference)), "overlay frames differ from lrformer-infer's"
     assert len(list((out / "overlays").glob("frame_*_seg.png"))) == N_FRAMES
 
@@ -207,7 +193,7 @@ def test_bad_inputs_are_reported_and_the_rest_completes(tmp_path, data, ray_addr
     blob = data["video"].read_bytes()
     (inputs / "cut.mp4").write_bytes(blob[: len(blob) // 2])  # the index (moov) is at the end: gone
     # An AVI keeps its header: it opens, says 30 frames, and ends early.
-    frames, fps = video_frames(data["video"])
+    frames, fps = read_video(data["video"])
     avi = tmp_path / "full.avi"
     writer = cv2.VideoWriter(str(avi), cv2.VideoWriter_fourcc(*"MJPG"), fps, (frames[0].shape[1], frames[0].shape[0]))
     for frame in frames:
@@ -232,7 +218,7 @@ def test_bad_inputs_are_reported_and_the_rest_completes(tmp_path, data, ray_addr
     for path in good:
         assert (out / "masks" / path.name).is_file() and (out / "overlays" / f"{path.stem}_seg.png").is_file()
     assert len(list((out / "masks").glob("clip_*.png"))) == VIDEO_FRAMES
-    assert len(video_frames(out / "overlays" / "clip_seg.mp4")[0]) == VIDEO_FRAMES
+    assert len(read_video(out / "overlays" / "clip_seg.mp4")[0]) == VIDEO_FRAMES
     assert records[str(data["video"])]["status"] == "done"
     assert not (out / "overlays" / "short_seg.mp4").exists() and not (out / "overlays" / "cut_seg.mp4").exists()
 
@@ -332,7 +318,7 @@ def test_defaults_on_two_cpus_do_not_hang_and_interrupt_then_resume(tmp_path, da
     assert m["counts"] == {"done": 151}
     assert m["summary"]["actors"] == 1 and m["summary"]["skipped"] >= done_before
     assert len(list((out / "overlays").glob("*.png"))) == 150
-    assert len(video_frames(out / "overlays" / "clip_seg.mp4")[0]) == VIDEO_FRAMES
+    assert len(read_video(out / "overlays" / "clip_seg.mp4")[0]) == VIDEO_FRAMES
     assert not (out / "masks").exists() and not (out / ".work").exists()  # --overlay alone: masks were temporary
     deadline = time.time() + 30
     while ray_pids() - before and time.time() < deadline:

@@ -14,9 +14,11 @@ import cv2
 import numpy as np
 import pytest
 
+from conftest import SHARED_VIDEO, read_video
+
 REPO = Path(__file__).resolve().parent.parent
 SYNTHETIC_VIDEO = REPO / "samples" / "synthetic-scenes.mp4"
-SHARED_VIDEOS = [REPO.parent / "shared" / "data" / "car-detection.mp4", Path("/work/shared/data/car-detection.mp4")]
+SHARED_VIDEOS = [SHARED_VIDEO]
 
 
 def env(**extra: str) -> dict[str, str]:
@@ -62,14 +64,7 @@ def long_video(tmp_path_factory) -> Path:
         if candidate.is_file():
             return candidate
     out = tmp_path_factory.mktemp("video") / "scenes-x4.mp4"
-    cap = cv2.VideoCapture(str(SYNTHETIC_VIDEO))
-    frames = []
-    while True:
-        ok, frame = cap.read()
-        if not ok:
-            break
-        frames.append(frame)
-    cap.release()
+    frames, _ = read_video(SYNTHETIC_VIDEO)
     h, w = frames[0].shape[:2]
     writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"mp4v"), 12.0, (w, h))
     for _ in range(4):
