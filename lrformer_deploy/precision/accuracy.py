@@ -1,8 +1,9 @@
 """Accuracy of a reduced-precision graph against its FP32 reference, measured in ONNX Runtime (CPU).
 
-Two figures per graph:
+Three figures per graph:
 - logits relative error ||test - ref|| / ||ref|| (float64 norms over the whole batch of logits);
-- pixel agreement of the class masks (fraction of pixels with the same class id).
+- pixel agreement of the class masks (fraction of pixels with the same class id);
+- argmax agreement on the stride-8 logits themselves (the class decision before upsampling).
 
 Mask-head graphs end in Resize -> ArgMax -> Cast(int32), so their logits are internal. The report
 exposes the stride-8 logits (the input of the final Resize, found by walking back from the ArgMax
@@ -131,7 +132,7 @@ def accuracy_report(
     ref_in = ref_sess.get_inputs()[0]
 
     diff_sq = ref_sq = 0.0
-    per_frame_err, agree, agree_clear = [], [], []
+    per_frame_err, agree, agree_clear, agree_logits = [], [], [], []
     near_tie_disagreements = disagreements = 0
     t_ref, t_test = [], []
     bar = progress(len(inputs), "accuracy check", quiet)
@@ -151,6 +152,8 @@ def accuracy_report(
         diff_sq += d2
         ref_sq += r2
         per_frame_err.append(np.sqrt(d2 / r2) if r2 > 0 else 0.0)
+        axis = points.get("class_axis", 1)
+        agree_logits.append(float(np.mean(a.argmax(axis=axis) == b.argmax(axis=axis))))
         if points["head"] == "mask":
             m_ref, m_test = ref_out["mask"], test_out["mask"]
             scores = np.moveaxis(np.asarray(ref_out[points["pre_argmax"]], np.float32), points["class_axis"], 1)
@@ -182,6 +185,8 @@ def accuracy_report(
         "logits_rel_error_max_frame": float(f"{max(per_frame_err):.4g}"),
         "mask_agreement": round(agreement, 6),
         "mask_agreement_min_frame": round(float(min(agree)), 6),
+        # the class decision on the compared logits themselves (stride 8 for LRFormer), before upsampling
+        "logits_argmax_agreement": round(float(np.mean(agree_logits)), 6),
         "mask_agreement_excluding_near_ties": round(float(np.mean(agree_clear)), 6),
         "disagreeing_pixels_near_ties": f"{near_tie_disagreements}/{disagreements}",
         "min_agreement": threshold,
