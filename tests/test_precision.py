@@ -459,3 +459,83 @@ def test_progress_is_silent_when_quiet_or_not_a_terminal(capsys):
         assert bar.disable
     with progress(3, "x", quiet=False) as bar:  # pytest's captured stderr is not a terminal
         assert bar.disable
+
+
+def test_uniform_histogram_matches_numpy():
+    from lrformer_deploy.precision.ranges import uniform_histogram
+
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal(200_000) * 3).astype(np.float32)
+    thr = float(np.abs(x).max())
+    ref = np.histogram(x, 512, range=(-thr, thr))[0]
+    got = uniform_histogram(x, 512, -thr, thr)
+    assert got.sum() == ref.sum() == x.size
+    assert np.abs(got - ref).sum() <= 4  # only values on inner bin edges may move by one bin
+
+
+def test_range_collector_entropy_matches_onnxruntime():
+    """Same histogram layout and merge rule as ORT's HistogramCollector, and thresholds within a bin of
+    ORT's, over frames whose range grows (the histogram widens) and shrinks."""
+    import contextlib
+    import io
+
+    from onnxruntime.quantization.calibrate import HistogramCollector
+
+    from lrformer_deploy.precision.ranges import RangeCollector
+
+    rng = np.random.default_rng(1)
+    ours = RangeCollector("entropy", entropy_bins=512, sample=1 << 30, threads=2)
+    ref = HistogramCollector("entropy", True, 512, 128, 99.99, "same")
+    for scale in (1.0, 3.0, 0.5, 7.0, 2.0):
+        frame = {f"t{i}": (rng.standard_normal((1, 8, 64, 64)) * scale * (i + 1)).astype(np.float32) for i in range(3)}
+        frame["relu"] = np.maximum(frame["t0"], 0)
+        ours(frame)
+        with contextlib.redirect_stdout(io.StringIO()):
+            ref.collect(frame)
+    with contextlib.redirect_stdout(io.StringIO()):
+        expected = ref.compute_collection_result()
+    got = ours.tensors_data()
+    for name, (lo, hi, hist, edges) in expected.items():
+        assert len(ours.entropy.hist[name][0]) == len(hist)  # the same bin growth
+        assert np.abs(ours.entropy.hist[name][0] - hist).sum() <= 0.001 * hist.sum()
+        width = float(edges[1] - edges[0])
+        assert abs(float(got[name].range_value[1]) - float(hi)) <= 1.01 * width, name
+        assert abs(float(got[name].range_value[0]) - float(lo)) <= 1.01 * width, name
+
+
+def test_range_collector_samples_large_tensors_but_takes_the_range_from_all_values():
+    from lrformer_deploy.precision.ranges import RangeCollector
+
+    x = np.zeros(1 << 16, np.float32)
+    x[12345] = 9.0  # one outlier the strided sample does not see
+    c = RangeCollector("entropy", entropy_bins=64, sample=1 << 10, threads=1)
+    c({"x": x})
+    hist, edges, lo, hi, thr = c.entropy.hist["x"]
+    assert float(hi) == 9.0 and float(thr) == 9.0 and float(edges[-1]) == 9.0
+    assert hist.sum() < x.size  # binned on the sample
+
+
+def test_entropy_threshold_is_onnxruntimes():
+    """The array version of ORT's KL-divergence search picks exactly ORT's thresholds."""
+    import contextlib
+    import io
+
+    from onnxruntime.quantization.calibrate import HistogramCollector
+
+    from lrformer_deploy.precision.ranges import entropy_threshold
+
+    rng = np.random.default_rng(3)
+    ort_search = HistogramCollector("entropy", True, 512, 128, 99.99, "same")
+    cases = []
+    for bins, data in [(512, rng.standard_normal(50_000)), (538, rng.standard_t(2, 80_000)),
+                       (690, np.maximum(rng.standard_normal(60_000), 0) ** 3), (256, rng.laplace(size=5_000)),
+                       (512, np.round(rng.standard_normal(20_000) * 4) / 4)]:
+        x = data.astype(np.float32)
+        thr = np.float32(np.abs(x).max())
+        hist, edges = np.histogram(x, bins, range=(-thr, thr))
+        cases.append((hist, edges.astype(np.float32), x.min(), x.max(), thr))
+    for case in cases:
+        with contextlib.redirect_stdout(io.StringIO()):
+            expected = ort_search.get_entropy_threshold(case, 128)
+        got = entropy_threshold(case, 128)
+        assert (float(got[0]), float(got[1])) == (float(expected[0]), float(expected[1]))

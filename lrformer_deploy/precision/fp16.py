@@ -240,6 +240,21 @@ def plan_precision(
     return plans
 
 
+def fp16_candidate_tensors(model, keep_fp32_ops: Mapping[str, str] | None = None,
+                           keep_fp32_nodes: Iterable[str] = ()) -> set[str]:
+    """The tensors whose measured statistics can change a decision: the FP16-typed inputs and outputs
+    of every op that could run in FP16. Tensors between FP32-by-policy ops (normalisation internals,
+    the final upsampling and class decision) need no measurement."""
+    plans = plan_precision(model, {}, keep_fp32_ops=keep_fp32_ops, keep_fp32_nodes=keep_fp32_nodes)
+    wanted = set()
+    for node in model.graph.node:
+        p = plans.get(node.name)
+        if p is not None and p.half:
+            wanted.update(node.input[i] for i in p.half_inputs)
+            wanted.update(node.output[i] for i in p.half_outputs)
+    return wanted
+
+
 def _name_nodes(model) -> None:
     seen = set()
     for i, node in enumerate(model.graph.node):
@@ -431,7 +446,9 @@ def convert_fp16(
                 first.append(np.asarray(f, np.float32))
             yield f
 
-    result = stream(model, keep_first(_frames(calib_inputs)), count or 0, quiet=quiet, desc="fp16 ranges")
+    wanted = fp16_candidate_tensors(model, keep_fp32_ops, keep_fp32_nodes)
+    result = stream(model, keep_first(_frames(calib_inputs)), count or 0, fp16_tensors=wanted, quiet=quiet,
+                    desc="fp16 ranges")
     if result.frames == 0:
         raise UserError("FP16 conversion needs at least one calibration input (N x 3 x H x W).")
     stats = result.stats

@@ -18,8 +18,9 @@ network runs every op in the type the graph states, so an FP32 remainder would b
 engine. The opset is raised to 19 for FP16 Q/DQ scales. "cpu" keeps float ops in FP32: ONNX Runtime's
 CPU provider has no fast FP16 kernels, and its INT8 kernels (VNNI/AMX) run the Q/DQ Conv/MatMul.
 
-Tool choice: ranges streamed frame by frame into ONNX Runtime's own HistogramCollector (entropy,
-percentile) or a running min/max, then onnxruntime.quantization.quantize_static with those ranges.
+Tool choice: ranges streamed frame by frame into ONNX Runtime's histogram layout (ranges.py: ORT's
+merge rule and entropy search, faster binning; percentile: ORT's HistogramCollector) or a running
+min/max, then onnxruntime.quantization.quantize_static with those ranges.
 NVIDIA ModelOpt's ONNX PTQ was measured on the same graph (see README: less accurate on LRFormer
 with its own placement, and its pins replace this project's onnxruntime/onnx).
 
@@ -48,11 +49,12 @@ from ..manifest import sha256_file
 from ..atomic import atomic_output, write_text
 from .calibration import DEFAULT_MEAN, DEFAULT_STD, source_fingerprint
 from .measure import DEFAULT_BYTE_BUDGET
+from .ranges import RangeCollector
 
 METHODS = ("entropy", "percentile", "minmax")
 QUANTIZED_OP_TYPES = ("Conv", "MatMul", "Gemm")
 CACHE_FORMAT = "lrformer-deploy-int8-calibration"
-CACHE_VERSION = 2  # 2: streaming collection, new placement, FP16 statistics stored
+CACHE_VERSION = 3  # 2: streaming collection, new placement, FP16 statistics; 3: sampled histograms (ranges.py)
 TARGETS = ("tensorrt", "cpu")
 QDQ_OPSET = 19  # FP16 scales on QuantizeLinear/DequantizeLinear
 
@@ -230,47 +232,6 @@ def placement(model, quantize_attention: bool = False, keep_float_nodes: Iterabl
     return quantize, excluded
 
 
-class _RangeCollector:
-    """Per-frame ranges folded into ONNX Runtime's HistogramCollector (entropy, percentile) or a
-    running min/max: nothing is kept per frame."""
-
-    def __init__(self, method: str, percentile: float, entropy_bins: int):
-        from onnxruntime.quantization.calibrate import HistogramCollector
-
-        self.method = method
-        self.minmax: dict[str, list[float]] = {}
-        self.hist = None
-        if method == "entropy":
-            self.hist = HistogramCollector("entropy", True, int(entropy_bins), 128, percentile, "same")
-        elif method == "percentile":
-            self.hist = HistogramCollector("percentile", True, 2048, 128, float(percentile), "same")
-
-    def __call__(self, values: dict[str, np.ndarray]) -> None:
-        if self.hist is not None:
-            with contextlib.redirect_stdout(io.StringIO()):  # ORT prints progress; stdout may carry JSON
-                self.hist.collect({k: np.asarray(v, np.float32) for k, v in values.items()})
-            return
-        for k, v in values.items():
-            lo, hi = float(np.min(v)), float(np.max(v))
-            old = self.minmax.get(k)
-            self.minmax[k] = [min(lo, old[0]), max(hi, old[1])] if old else [lo, hi]
-
-    def tensors_data(self):
-        from onnxruntime.quantization import CalibrationMethod
-        from onnxruntime.quantization.calibrate import TensorsData
-
-        if self.hist is None:  # symmetric, as ORT's MinMaxCalibrater(symmetric=True) computes it
-            data = {}
-            for k, (lo, hi) in self.minmax.items():
-                m = max(abs(lo), abs(hi))
-                data[k] = (np.array(-m, np.float32), np.array(m, np.float32))
-            return TensorsData(CalibrationMethod.MinMax, data)
-        with contextlib.redirect_stdout(io.StringIO()):
-            result = self.hist.compute_collection_result()
-        method = CalibrationMethod.Entropy if self.method == "entropy" else CalibrationMethod.Percentile
-        return TensorsData(method, result)
-
-
 def _stats_to_json(stats) -> dict:
     return {k: [s.max_abs, s.sq_sum, s.sq_err, bool(s.nonfinite)] for k, s in stats.items()}
 
@@ -353,7 +314,7 @@ def quantize_int8(
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.calibrate import save_tensors_data
 
-    from .fp16 import _name_nodes
+    from .fp16 import _name_nodes, fp16_candidate_tensors
     from .macs import precision_census
     from .measure import stream
 
@@ -425,7 +386,7 @@ def quantize_int8(
 
             total = min(count, len(calib_source)) if isinstance(calib_source, np.ndarray) else \
                 count_calibration_frames(calib_source, count)
-            collector = _RangeCollector(method, percentile, entropy_bins)
+            collector = RangeCollector(method, percentile, entropy_bins)
             graph_inputs = {i.name for i in model.graph.input}
             fed = [t for t in tensors if t in graph_inputs]
 
@@ -435,13 +396,17 @@ def quantize_int8(
                         collector({t: f[None] for t in fed})
                     yield f
 
-            result = stream(model, frames(), total, fp16_stats=(target == "tensorrt"),
-                            collect=[t for t in tensors if t not in graph_inputs], collector=collector,
-                            byte_budget=byte_budget, quiet=quiet, desc="int8 calibration")
-            if result.frames < 1:
-                raise UserError("calibration needs at least 1 frame, got 0.")
-            n_frames, runs, stats = result.frames, result.runs_per_frame, result.stats
-            save_tensors_data(collector.tensors_data(), ort_cache)
+            try:
+                result = stream(model, frames(), total, fp16_stats=(target == "tensorrt"),
+                                fp16_tensors=fp16_candidate_tensors(model),
+                                collect=[t for t in tensors if t not in graph_inputs], collector=collector,
+                                byte_budget=byte_budget, quiet=quiet, desc="int8 calibration")
+                if result.frames < 1:
+                    raise UserError("calibration needs at least 1 frame, got 0.")
+                n_frames, runs, stats = result.frames, result.runs_per_frame, result.stats
+                save_tensors_data(collector.tensors_data(), ort_cache)
+            finally:
+                collector.close()
         ranges_seconds = time.perf_counter() - t_cal
 
         calib_method = {"entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile,
@@ -507,7 +472,7 @@ def quantize_int8(
     return {
         "precision": "int8",
         "target": target,
-        "tool": "onnxruntime.quantization (streamed HistogramCollector ranges + quantize_static, QDQ)",
+        "tool": "onnxruntime.quantization (streamed ranges in ORT's histogram layout + quantize_static, QDQ)",
         "scheme": "explicit Q/DQ (QuantizeLinear/DequantizeLinear), onnxruntime.quantization.quantize_static",
         "activations": "int8 symmetric (zero point 0), per-tensor scales",
         "weights": "int8 symmetric (zero point 0), per-channel scales on the output-channel axis",
