@@ -70,9 +70,11 @@ def one_run(args) -> dict:
         return out
 
     with tempfile.TemporaryDirectory(prefix="bench-export-") as tmp:
-        model = randomized_model(args.variant, 150)
+        # Cityscapes users export at 1024x2048 (19 classes); the other sizes are ADE20K's (150)
+        dataset = get_dataset("cityscapes" if (h, w) == (1024, 2048) else "ade20k")
+        model = randomized_model(args.variant, len(dataset.class_names))
         res = step("fp32_export_and_check", lambda: export_onnx(model, tmp, "m", size=(h, w), head="mask",
-                                                                 dataset=get_dataset("ade20k"), variant=args.variant,
+                                                                 dataset=dataset, variant=args.variant,
                                                                  quiet=True))
         steps["fp32_export_and_check"]["export_seconds"] = round(res.export_seconds, 1)
         del model
@@ -86,6 +88,7 @@ def one_run(args) -> dict:
                                                     count=n, quiet=True))
             r = step("fp16_accuracy", lambda: accuracy_report(fp32, out, check))
             acc["fp16"] = {"logits_rel_error": r["logits_rel_error"], "mask_agreement": r["mask_agreement"],
+                           "logits_argmax_agreement": r["logits_argmax_agreement"],
                            "macs_share": rec["compute"]["macs_share"]}
         if "int8" in args.steps:
             for target in args.targets:
@@ -95,11 +98,13 @@ def one_run(args) -> dict:
                                                                     cache_dir=tmp, quiet=True))
                 r = step(f"int8_{target}_accuracy", lambda: accuracy_report(fp32, out, check))
                 acc[f"int8_{target}"] = {"logits_rel_error": r["logits_rel_error"], "mask_agreement": r["mask_agreement"],
+                                         "logits_argmax_agreement": r["logits_argmax_agreement"],
                                          "macs_share": rec["compute"]["macs_share"],
                                          "ort_cpu_ms_median": r["ort_cpu_ms_median"],
-                                         "runs_per_frame": rec["calibration"]["runs_per_frame"]}
+                                         "tensors": rec["calibration"]["tensors"]}
     rss.stop()
-    return {"size": args.one, "variant": args.variant, "calib_count": args.calib_count, "steps": steps,
+    return {"size": args.one, "variant": args.variant, "classes": len(dataset.class_names),
+            "calib_count": args.calib_count, "steps": steps,
             "accuracy": acc, "loadavg": [round(v, 2) for v in os.getloadavg()]}
 
 

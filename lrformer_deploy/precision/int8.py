@@ -48,7 +48,7 @@ from ..errors import UserError
 from ..manifest import sha256_file
 from ..atomic import atomic_output, write_text
 from .calibration import DEFAULT_MEAN, DEFAULT_STD, source_fingerprint
-from .measure import DEFAULT_BYTE_BUDGET
+from .measure import COLLECT_SAMPLE
 from .ranges import RangeCollector
 
 METHODS = ("entropy", "percentile", "minmax")
@@ -296,7 +296,6 @@ def quantize_int8(
     pre_process: bool = True,
     target: str = "tensorrt",
     quiet: bool = True,
-    byte_budget: int = DEFAULT_BYTE_BUDGET,
 ) -> dict:
     """Write an explicit Q/DQ INT8 copy of `fp32_onnx` to `out_onnx`; return the record for the manifest.
 
@@ -305,7 +304,6 @@ def quantize_int8(
     entropy | percentile | minmax. cache_dir: where NAME.calib.json lives (default: beside out_onnx).
     size: (H, W), default the graph's. target: "tensorrt" (float ops in FP16 where measured safe) or
     "cpu" (float ops in FP32). quantize_attention: also put Q/DQ on the activation x activation MatMuls.
-    byte_budget: most bytes of calibrated tensors fetched per graph run (more runs per frame above it).
     The result's "calibration"["cache_hit"] says whether the ranges came from the cache.
     """
     import onnx
@@ -376,7 +374,7 @@ def quantize_int8(
 
         ort_cache = tmp / "ranges.json"
         t_cal = time.perf_counter()
-        n_frames = runs = None
+        n_frames = None
         if cached is not None:
             ort_cache.write_text(json.dumps(cached["tensors_data"]))
             n_frames = cached.get("frames")
@@ -387,23 +385,13 @@ def quantize_int8(
             total = min(count, len(calib_source)) if isinstance(calib_source, np.ndarray) else \
                 count_calibration_frames(calib_source, count)
             collector = RangeCollector(method, percentile, entropy_bins)
-            graph_inputs = {i.name for i in model.graph.input}
-            fed = [t for t in tensors if t in graph_inputs]
-
-            def frames():
-                for f in iter_calibration_frames(calib_source, count, size, mean, std):
-                    if fed:  # graph inputs are not re-fetched from the run
-                        collector({t: f[None] for t in fed})
-                    yield f
-
             try:
-                result = stream(model, frames(), total, fp16_stats=(target == "tensorrt"),
-                                fp16_tensors=fp16_candidate_tensors(model),
-                                collect=[t for t in tensors if t not in graph_inputs], collector=collector,
-                                byte_budget=byte_budget, quiet=quiet, desc="int8 calibration")
+                result = stream(model, iter_calibration_frames(calib_source, count, size, mean, std), total,
+                                fp16_stats=(target == "tensorrt"), fp16_tensors=fp16_candidate_tensors(model),
+                                collect=tensors, collector=collector, quiet=quiet, desc="int8 calibration")
                 if result.frames < 1:
                     raise UserError("calibration needs at least 1 frame, got 0.")
-                n_frames, runs, stats = result.frames, result.runs_per_frame, result.stats
+                n_frames, stats = result.frames, result.stats
                 save_tensors_data(collector.tensors_data(), ort_cache)
             finally:
                 collector.close()
@@ -492,7 +480,7 @@ def quantize_int8(
             "size": list(size), "source": fingerprint if fingerprint.get("kind") == "array" else
             {"kind": fingerprint["kind"], "path": fingerprint["path"], "files": len(fingerprint["files"])},
             "cache_file": cache_path.name, "cache_key": key, "cache_hit": cached is not None,
-            "runs_per_frame": runs, "tensors": len(tensors),
+            "tensors": len(tensors), "values_per_tensor_and_frame": COLLECT_SAMPLE,
             "seconds": round(ranges_seconds, 3),  # frame decoding + range collection (0 on a cache hit)
             "quantize_seconds": round(quantize_seconds, 3),
         },

@@ -2,12 +2,14 @@
 
 Memory is bounded by design: frames are decoded one at a time, and the graph runs once per frame.
 - FP16 statistics (max |x| over the whole tensor; sum x^2 and the squared error of an FP16 round trip
-  on an evenly strided sample) are computed INSIDE the graph: a few reduction nodes per tensor, emitted right after the tensor's producer, so ONNX
-  Runtime frees every intermediate as usual and returns scalars only. Tensors that are a pure
-  rearrangement of another (Reshape, Transpose, ...) are not measured twice: they share its statistics.
-- INT8 histograms need the values themselves: the tensors to calibrate are exposed as graph outputs,
-  in groups of at most `byte_budget` bytes per run (one run when they fit), and each frame's values are
-  folded into ONNX Runtime's histogram layout (ranges.py) or a running min/max before the next frame runs.
+  on an evenly strided sample) are computed INSIDE the graph: a few reduction nodes per tensor,
+  emitted right after the tensor's producer, so ONNX Runtime frees every intermediate as usual and
+  returns scalars only. Only the tensors a decision reads are measured, and tensors that are a pure
+  rearrangement of another (Reshape, Transpose, ...) share its statistics.
+- INT8 ranges: for each tensor to calibrate the graph also returns the min and max of the whole
+  tensor and an evenly strided sample of at most COLLECT_SAMPLE values, so one run per frame returns
+  a bounded amount at any input size; each frame is folded into ONNX Runtime's histogram layout
+  (ranges.py) or a running min/max before the next frame runs.
 
 Nothing is kept per frame, so peak memory does not depend on the number of calibration frames.
 """
@@ -16,14 +18,16 @@ from __future__ import annotations
 import collections
 import sys
 from dataclasses import dataclass
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
 # Ops whose float output holds exactly (or a subset of) the values of their first input.
 _SAME_VALUES = ("Reshape", "Transpose", "Identity", "Squeeze", "Unsqueeze", "Flatten", "Slice", "Split",
                 "Gather", "Expand", "Tile", "DepthToSpace", "SpaceToDepth")
-DEFAULT_BYTE_BUDGET = 1536 << 20  # exposed calibration tensors per run (one run at 512x896 for T)
+# Values per tensor and frame handed to the INT8 range collector: 32 frames give 8M values per tensor
+# for a 512-bin histogram, and the run returns at most ~1 MiB per tensor at any input size.
+COLLECT_SAMPLE = 1 << 18
 
 
 def progress(total: int, desc: str, quiet: bool = False, unit: str = "frame"):
@@ -156,34 +160,54 @@ def _rows(numel: int) -> int:
     return 1
 
 
-def _stats_nodes(name: str, index: int, numel: int, opset: int = 17):
-    """Nodes computing [max x, min x, sum s^2, sum (s - fp16(s))^2] of tensor `name` as four scalars,
-    where s is an evenly strided sample of at most ~SAMPLE_ELEMENTS values. The extremes read the whole
-    tensor (an overflow must not be missed); the FP16 rounding error is a ratio of sums, estimated
-    on the sample so that no full-size temporary is made."""
-    from onnx import TensorProto, helper, numpy_helper
+def _extreme_nodes(name: str, p: str, numel: int, opset: int, consts: list) -> tuple[list, list[str]]:
+    """Row-wise max and min of the whole tensor (an overflow or a range must not be missed)."""
+    from onnx import helper, numpy_helper
 
-    p = f"__stat{index}"
-    step = max(1, numel // SAMPLE_ELEMENTS) | 1  # odd: does not lock onto a channel pattern
-    consts = [
-        numpy_helper.from_array(np.array([-1], np.int64), f"{p}_flat"),
-        numpy_helper.from_array(np.array([_rows(numel), -1], np.int64), f"{p}_rows"),
-        numpy_helper.from_array(np.array([0], np.int64), f"{p}_start"),
-        numpy_helper.from_array(np.array([np.iinfo(np.int64).max], np.int64), f"{p}_end"),
-        numpy_helper.from_array(np.array([step], np.int64), f"{p}_step"),
-    ]
-    outs = [f"{p}_max", f"{p}_min", f"{p}_sq", f"{p}_err"]
-    nodes = [
+    consts.append(numpy_helper.from_array(np.array([_rows(numel), -1], np.int64), f"{p}_rows"))
+    outs = [f"{p}_max", f"{p}_min"]
+    return [
         helper.make_node("Reshape", [name, f"{p}_rows"], [f"{p}_r"], name=f"{p}/rows"),
         _reduce("ReduceMax", f"{p}_r", outs[0], f"{p}/max", [1], opset, consts),
         _reduce("ReduceMin", f"{p}_r", outs[1], f"{p}/min", [1], opset, consts),
+    ], outs
+
+
+def _sample_nodes(name: str, p: str, numel: int, limit: int, consts: list) -> tuple[list, str]:
+    """An evenly strided sample of at most ~`limit` values of the flattened tensor."""
+    from onnx import helper, numpy_helper
+
+    step = max(1, -(-numel // limit)) | 1  # odd: does not lock onto a channel pattern
+    consts.extend([
+        numpy_helper.from_array(np.array([-1], np.int64), f"{p}_flat"),
+        numpy_helper.from_array(np.array([0], np.int64), f"{p}_start"),
+        numpy_helper.from_array(np.array([np.iinfo(np.int64).max], np.int64), f"{p}_end"),
+        numpy_helper.from_array(np.array([step], np.int64), f"{p}_step"),
+    ])
+    return [
         helper.make_node("Reshape", [name, f"{p}_flat"], [f"{p}_v"], name=f"{p}/flat"),
         helper.make_node("Slice", [f"{p}_v", f"{p}_start", f"{p}_end", f"{p}_start", f"{p}_step"], [f"{p}_s"],
                          name=f"{p}/sample"),
-        _reduce("ReduceSumSquare", f"{p}_s", outs[2], f"{p}/sq", None, opset, consts),
-        helper.make_node("Cast", [f"{p}_s"], [f"{p}_h"], name=f"{p}/h", to=TensorProto.FLOAT16),
+    ], f"{p}_s"
+
+
+def _stats_nodes(name: str, index: int, numel: int, opset: int = 17):
+    """Nodes computing [max x, min x, sum s^2, sum (s - fp16(s))^2] of tensor `name` (row-wise extremes
+    and two scalars), where s is an evenly strided sample of at most ~SAMPLE_ELEMENTS values. The
+    extremes read the whole tensor; the FP16 rounding error is a ratio of sums, estimated on the sample
+    so that no full-size temporary is made."""
+    from onnx import TensorProto, helper
+
+    p = f"__stat{index}"
+    consts: list = []
+    nodes, outs = _extreme_nodes(name, p, numel, opset, consts)
+    sample_nodes, s = _sample_nodes(name, p, numel, SAMPLE_ELEMENTS, consts)
+    outs = outs + [f"{p}_sq", f"{p}_err"]
+    nodes += sample_nodes + [
+        _reduce("ReduceSumSquare", s, outs[2], f"{p}/sq", None, opset, consts),
+        helper.make_node("Cast", [s], [f"{p}_h"], name=f"{p}/h", to=TensorProto.FLOAT16),
         helper.make_node("Cast", [f"{p}_h"], [f"{p}_f"], name=f"{p}/f", to=TensorProto.FLOAT),
-        helper.make_node("Sub", [f"{p}_s", f"{p}_f"], [f"{p}_d"], name=f"{p}/d"),
+        helper.make_node("Sub", [s, f"{p}_f"], [f"{p}_d"], name=f"{p}/d"),
         _reduce("ReduceSumSquare", f"{p}_d", outs[3], f"{p}/err", None, opset, consts),
     ]
     return nodes, outs, consts
@@ -209,9 +233,10 @@ def _prune(graph) -> None:
         graph.initializer.extend(inits)
 
 
-def _probe(model, stat_tensors: Sequence[str], expose: Sequence[str]):
-    """A copy of `model` that returns the stats of `stat_tensors` and the values of `expose` (only:
-    the nodes nothing of that depends on are pruned)."""
+def _probe(model, stat_tensors: Sequence[str], collect: Sequence[str] = (), sample: int = COLLECT_SAMPLE):
+    """A copy of `model` that returns only: the FP16 stats of `stat_tensors`, and for each `collect`
+    tensor its row-wise extremes and a strided sample of at most ~`sample` values (the nodes nothing
+    of that depends on are pruned). Returns (probe, {tensor: stat outputs}, {tensor: (max, min, sample)})."""
     import onnx
     from onnx import TensorProto, helper
 
@@ -222,36 +247,48 @@ def _probe(model, stat_tensors: Sequence[str], expose: Sequence[str]):
     g = probe.graph
     del g.value_info[:]
     index = {t: i for i, t in enumerate(stat_tensors)}
+    wanted = set(index) | set(collect)
     inputs = {i.name for i in g.input}
-    nodes, stat_outputs = [], {}
+    nodes, stat_outputs, collect_outputs = [], {}, {}
 
     def emit(t):
+        numel = max(1, sizes.get(t, 4) // 4)
+        consts: list = []
         if t in index:
-            new, outs, consts = _stats_nodes(t, index[t], max(1, sizes.get(t, 4) // 4), opset)
+            new, outs, consts = _stats_nodes(t, index[t], numel, opset)
             nodes.extend(new)  # right after the producer: ORT may free the tensor early
-            g.initializer.extend(consts)
             stat_outputs[t] = outs
+        if t in collect:
+            p = f"__col{len(collect_outputs)}"
+            if t in index:  # the FP16 statistics already read its extremes
+                extremes = stat_outputs[t][:2]
+            else:
+                new, extremes = _extreme_nodes(t, p, numel, opset, consts)
+                nodes.extend(new)
+            new, s = _sample_nodes(t, p, numel, sample, consts)
+            nodes.extend(new)
+            collect_outputs[t] = (*extremes, s)
+        g.initializer.extend(consts)
 
-    for t in stat_tensors:
-        if t in inputs:
+    for t in list(stat_tensors) + list(collect):
+        if t in inputs and t not in stat_outputs and t not in collect_outputs:
             emit(t)
     for node in list(g.node):
         nodes.append(node)
         for out in node.output:
-            emit(out)
+            if out in wanted:
+                emit(out)
     del g.node[:]
     g.node.extend(nodes)
     original = list(g.output)
     del g.output[:]  # the original outputs are not needed during measurement
-    for outs in stat_outputs.values():
-        for o in outs:
-            g.output.append(helper.make_tensor_value_info(o, TensorProto.FLOAT, None))
-    for t in expose:
-        g.output.append(helper.make_tensor_value_info(t, TensorProto.FLOAT, None))
+    names = list(dict.fromkeys([o for outs in stat_outputs.values() for o in outs] +
+                               [o for outs in collect_outputs.values() for o in outs]))
+    g.output.extend(helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in names)
     if not g.output:  # nothing to measure: keep the graph valid
         g.output.extend(original)
     _prune(g)
-    return probe, stat_outputs
+    return probe, stat_outputs, collect_outputs
 
 
 def _session(model):
@@ -267,25 +304,18 @@ def _session(model):
     return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
 
-def _groups(names: Sequence[str], sizes: Mapping[str, int], budget: int) -> list[list[str]]:
-    groups, current, used = [], [], 0
-    for name in names:
-        size = sizes.get(name, 0)
-        if current and used + size > budget:
-            groups.append(current)
-            current, used = [], 0
-        current.append(name)
-        used += size
-    if current or not groups:
-        groups.append(current)
-    return groups
+class Sampled(NamedTuple):
+    """One frame of a calibrated tensor: a strided sample of its values, and the min and max of all."""
+
+    values: np.ndarray
+    lo: np.float32
+    hi: np.float32
 
 
 @dataclass
 class StreamResult:
     stats: dict[str, TensorStats]
     frames: int
-    runs_per_frame: int
     seconds: float
 
 
@@ -297,15 +327,16 @@ def stream(
     fp16_stats: bool = True,
     fp16_tensors: Iterable[str] | None = None,
     collect: Sequence[str] = (),
-    collector: Callable[[dict[str, np.ndarray]], None] | None = None,
-    byte_budget: int = DEFAULT_BYTE_BUDGET,
+    collector: Callable[[dict[str, Sampled]], None] | None = None,
+    sample: int = COLLECT_SAMPLE,
     quiet: bool = False,
     desc: str = "measuring",
 ) -> StreamResult:
     """Run `model` (an onnx.ModelProto with inferred shapes) once per frame of `frames` (3 x H x W or
-    1 x 3 x H x W float32, one at a time); accumulate FP16 statistics of every float tensor when
-    fp16_stats, and pass the values of the `collect` tensors to `collector(name -> array)` per frame
-    and per group. Returns the statistics (activations and float weights).
+    1 x 3 x H x W float32, one at a time); accumulate FP16 statistics of its float tensors when
+    fp16_stats, and pass `collector` one dict per frame: `collect` tensor -> Sampled(values, lo, hi),
+    a strided sample of at most ~`sample` values and the min and max of the whole tensor. Returns the
+    statistics (activations and float weights).
 
     fp16_tensors: the tensors whose statistics a decision reads (fp16.fp16_candidate_tensors); None
     measures every float tensor. Rearrangements among them are resolved to the tensors they copy."""
@@ -317,8 +348,9 @@ def stream(
     types = float_types(model)
     stats: dict[str, TensorStats] = collections.defaultdict(TensorStats)
     measured, alias = _measured_and_aliases(model, types) if fp16_stats else ([], {})
-    measured = measured + [i.name for i in model.graph.input if types.get(i.name) == TensorProto.FLOAT
-                           and i.name not in {x.name for x in model.graph.initializer}]
+    if fp16_stats:
+        measured = measured + [i.name for i in model.graph.input if types.get(i.name) == TensorProto.FLOAT
+                               and i.name not in {x.name for x in model.graph.initializer}]
     if fp16_stats and fp16_tensors is not None:
         need, todo, seen = set(), list(fp16_tensors), set()
         while todo:
@@ -333,28 +365,25 @@ def stream(
         measured = [t for t in measured if t in need]
         alias = {t: srcs for t, srcs in alias.items() if t in seen}
     collect = list(dict.fromkeys(collect))
-    groups = _groups(collect, tensor_bytes(model), byte_budget) if collect else [[]]
-    sessions = []
-    for gi, names in enumerate(groups):
-        probe, stat_outputs = _probe(model, measured if gi == 0 else [], names)
-        sessions.append((_session(probe), stat_outputs, names))
-        del probe
-    in_name = sessions[0][0].get_inputs()[0].name
+    probe, stat_outputs, collect_outputs = _probe(model, measured, collect, sample)
+    sess = _session(probe)
+    del probe
+    in_name = sess.get_inputs()[0].name
+    order = [o.name for o in sess.get_outputs()]
     n = 0
     with progress(total, desc, quiet) as bar:
         for frame in frames:
             x = np.asarray(frame, np.float32)
             if x.ndim == 3:
                 x = x[None]
-            for sess, stat_outputs, names in sessions:
-                order = [o for outs in stat_outputs.values() for o in outs] + list(names)
-                values = dict(zip(order, sess.run(order, {in_name: x})))
-                for t, (mx, mn, sq, err) in stat_outputs.items():
-                    peak = max(abs(float(np.max(values[mx]))), abs(float(np.min(values[mn]))))
-                    stats[t].add(peak, float(values[sq]), float(values[err]))
-                if names and collector is not None:
-                    collector({t: values[t] for t in names})
-                del values
+            values = dict(zip(order, sess.run(order, {in_name: x})))
+            for t, (mx, mn, sq, err) in stat_outputs.items():
+                peak = max(abs(float(np.max(values[mx]))), abs(float(np.min(values[mn]))))
+                stats[t].add(peak, float(values[sq]), float(values[err]))
+            if collect and collector is not None:
+                collector({t: Sampled(values[s], np.float32(np.min(values[mn])), np.float32(np.max(values[mx])))
+                           for t, (mx, mn, s) in collect_outputs.items()})
+            del values
             n += 1
             bar.update(1)
     if fp16_stats:
@@ -375,4 +404,4 @@ def stream(
 
         for t in list(alias):
             resolve(t)
-    return StreamResult(dict(stats), n, len(sessions), time.perf_counter() - t0)
+    return StreamResult(dict(stats), n, time.perf_counter() - t0)

@@ -5,13 +5,13 @@ ONNX Runtime's HistogramCollector bins every value with np.histogram (about 15 n
 another in Python (33 s). `RangeCollector` keeps ORT's histogram layout and merge rule for the entropy
 method (a histogram symmetric about zero whose range grows by whole bins when a frame exceeds it), so
 ORT's own `compute_entropy` logic reads the result, but
-- bins an evenly strided sample of at most `sample` values per tensor and frame with one bincount
-  (the range, min and max still come from every value; a 2^20-value sample per frame and tensor
-  estimates a 512-bin distribution far below its own bin noise),
+- bins the evenly strided sample measure.stream returns (at most COLLECT_SAMPLE values per tensor and
+  frame; the range, min and max still come from every value) with one bincount,
 - bins the tensors of a frame on a thread pool (numpy releases the GIL), and
 - runs ORT's entropy search with its per-bin Python loops as array operations (`entropy_threshold`,
   tested to give ORT's thresholds).
-Percentile keeps ORT's collector unchanged; minmax is a running min/max. Nothing is kept per frame.
+Percentile keeps ORT's collector (fed the same samples); minmax is a running min/max of the whole
+tensors. Nothing is kept per frame.
 """
 from __future__ import annotations
 
@@ -19,10 +19,12 @@ import concurrent.futures
 import contextlib
 import io
 import os
+from typing import Mapping
 
 import numpy as np
 
-SAMPLE_VALUES = 1 << 20
+from .measure import Sampled
+
 
 
 def workers() -> int:
@@ -30,12 +32,6 @@ def workers() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not Linux
         return max(1, os.cpu_count() or 1)
-
-
-def _sample(x: np.ndarray, limit: int) -> np.ndarray:
-    flat = x.reshape(-1)
-    step = -(-flat.size // limit)
-    return flat if step <= 1 else flat[::step | 1]  # odd step: does not lock onto a channel pattern
 
 
 def uniform_histogram(x: np.ndarray, bins: int, lo: float, hi: float) -> np.ndarray:
@@ -53,17 +49,15 @@ def uniform_histogram(x: np.ndarray, bins: int, lo: float, hi: float) -> np.ndar
 class _Entropy:
     """Per-tensor state in ORT's entropy layout: (hist, edges, min, max, threshold)."""
 
-    def __init__(self, bins: int, sample: int):
-        self.bins, self.sample = bins, sample
+    def __init__(self, bins: int):
+        self.bins = bins
         self.hist: dict[str, tuple] = {}
 
-    def add(self, name: str, data: np.ndarray) -> None:
-        data = np.asarray(data, np.float32)
-        if data.size == 0:
+    def add(self, name: str, part: np.ndarray, lo: np.float32, hi: np.float32) -> None:
+        part = np.asarray(part, np.float32).reshape(-1)
+        if part.size == 0:
             return
-        lo, hi = np.nanmin(data), np.nanmax(data)
         thr = np.array(max(abs(lo), abs(hi)), dtype=np.float32)
-        part = _sample(data, self.sample)
         old = self.hist.get(name)
         if old is None:
             edges = np.linspace(-thr, thr, self.bins + 1, dtype=np.float32) if thr > 0 else \
@@ -137,13 +131,13 @@ class RangeCollector:
     """Folds each frame's values into per-tensor ranges; `tensors_data()` gives ORT's TensorsData."""
 
     def __init__(self, method: str, percentile: float = 99.99, entropy_bins: int = 512,
-                 num_quantized_bins: int = 128, sample: int = SAMPLE_VALUES, threads: int | None = None):
+                 num_quantized_bins: int = 128, threads: int | None = None):
         from onnxruntime.quantization.calibrate import HistogramCollector
 
         self.method = method
         self.num_quantized_bins = num_quantized_bins
         self.minmax: dict[str, list[float]] = {}
-        self.entropy = _Entropy(int(entropy_bins), int(sample)) if method == "entropy" else None
+        self.entropy = _Entropy(int(entropy_bins)) if method == "entropy" else None
         self.percentile = HistogramCollector("percentile", True, 2048, num_quantized_bins, float(percentile), "same") \
             if method == "percentile" else None
         self.threads = threads or workers()
@@ -156,14 +150,16 @@ class RangeCollector:
             self._pool = concurrent.futures.ThreadPoolExecutor(self.threads, thread_name_prefix="ranges")
         return list(self._pool.map(lambda i: fn(*i), items))
 
-    def __call__(self, values: dict[str, np.ndarray]) -> None:
+    def __call__(self, values: Mapping[str, Sampled]) -> None:
+        """One frame: tensor -> Sampled(values, lo, hi) (measure.stream hands these over)."""
         if self.percentile is not None:
             with contextlib.redirect_stdout(io.StringIO()):  # ORT prints progress; stdout may carry JSON
-                self.percentile.collect({k: np.asarray(v, np.float32) for k, v in values.items()})
+                self.percentile.collect({k: np.asarray(v.values, np.float32) for k, v in values.items()})
         elif self.entropy is not None:
-            self._map(self.entropy.add, list(values.items()))  # one tensor per task: no shared state
+            self._map(self.entropy.add, [(k, *v) for k, v in values.items()])  # one tensor per task
         else:
-            for k, lo, hi in self._map(lambda k, v: (k, float(np.min(v)), float(np.max(v))), list(values.items())):
+            for k, v in values.items():
+                lo, hi = float(v.lo), float(v.hi)
                 old = self.minmax.get(k)
                 self.minmax[k] = [min(lo, old[0]), max(hi, old[1])] if old else [lo, hi]
 
