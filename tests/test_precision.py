@@ -609,3 +609,14 @@ def test_entropy_threshold_is_onnxruntimes():
             expected = ort_search.get_entropy_threshold(case, 128)
         got = entropy_threshold(case, 128)
         assert (float(got[0]), float(got[1])) == (float(expected[0]), float(expected[1]))
+
+
+def test_top2_margin_matches_a_sort_and_handles_ties():
+    from lrformer_deploy.precision.accuracy import _top2_margin
+
+    rng = np.random.default_rng(4)
+    s = rng.standard_normal((2, 7, 5, 4)).astype(np.float32)
+    s[0, 2:4, 1, 1] = 9.0  # two classes tied for best: margin 0
+    top2 = np.sort(s, axis=1)[:, -2:]
+    np.testing.assert_array_equal(_top2_margin(s), top2[:, 1] - top2[:, 0])
+    assert _top2_margin(s)[0, 1, 1] == 0
