@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -89,8 +90,9 @@ def wait_for_frames(proc: subprocess.Popen, at_least: int = 10) -> bytes:
         if not chunk:
             break
         seen += chunk
-        last = seen.replace(b"\r", b"\n").splitlines()[-1]
-        if b" frames" in last and last.split(b"/")[0].strip().isdigit() and int(last.split(b"/")[0]) >= at_least:
+        # a read can end mid-update: look at every complete "N/M frames" so far, not the last line
+        done = [int(n) for n in re.findall(rb"(\d+)/\d+ frames", seen)]
+        if done and max(done) >= at_least:
             return seen
     raise AssertionError(f"no progress: {seen[-300:]!r}")
 
