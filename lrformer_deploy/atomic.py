@@ -39,7 +39,8 @@ def termination_as_interrupt() -> Iterator[None]:
         return
     previous = {}
     for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
-        if sig is not None:
+        # an ignored signal stays ignored: `nohup lrformer-export ...` must survive a closed terminal
+        if sig is not None and signal.getsignal(sig) is not signal.SIG_IGN:
             previous[sig] = signal.signal(sig, _raise_terminated)
     try:
         yield

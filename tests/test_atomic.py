@@ -77,3 +77,22 @@ def test_an_interrupt_wrapped_by_a_library_error_still_exits_as_the_signal(tmp_p
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
     assert proc.returncode == 143, proc.stderr
     assert proc.stderr.strip() == "interrupted (SIGTERM)"
+
+
+def test_nohup_keeps_sighup_ignored(tmp_path):
+    """`nohup lrformer-export ...`: an ignored SIGHUP stays ignored and the command runs to the end."""
+    done = tmp_path / "done"
+    script = textwrap.dedent(f"""
+        import os, signal, sys
+        from lrformer_deploy.errors import cli_entry
+        @cli_entry
+        def main(argv):
+            os.kill(os.getpid(), signal.SIGHUP)  # the terminal closes
+            open({str(done)!r}, "w").close()
+            return 0
+        sys.exit(main())
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30,
+                          preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+    assert proc.returncode == 0, proc.stderr
+    assert done.exists()
