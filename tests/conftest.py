@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,14 @@ def shared_video() -> Path:
     if not SHARED_VIDEO.is_file():
         pytest.skip(f"sample video not present: {SHARED_VIDEO}")
     return SHARED_VIDEO
+
+
+def default_signals() -> None:
+    """preexec_fn for a child a test sends signals to: the terminal's default handling of SIGINT, SIGTERM
+    and SIGHUP. A runner started in the background or under nohup passes them on ignored, and an
+    ignored signal stays ignored in our CLIs (on purpose: nohup must keep working)."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
 
 
 def build_tiny_model(

@@ -8,6 +8,7 @@ import textwrap
 import pytest
 
 from lrformer_deploy.atomic import atomic_open, atomic_output, write_text
+from conftest import default_signals
 
 
 def test_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
@@ -54,7 +55,8 @@ def test_cli_entry_turns_sigterm_and_sighup_into_cleanup_and_128_plus_signal(tmp
                 open({str(marker)!r}, "w").close()
         sys.exit(main())
     """)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30,
+                          preexec_fn=default_signals)
     assert proc.returncode == 128 + sig
     assert marker.exists()
     assert proc.stderr.strip() == f"interrupted ({signal.Signals(sig).name})"
@@ -74,7 +76,8 @@ def test_an_interrupt_wrapped_by_a_library_error_still_exits_as_the_signal(tmp_p
                 raise RuntimeError("Failed to export the model") from exc
         sys.exit(main())
     """)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30,
+                          preexec_fn=default_signals)
     assert proc.returncode == 143, proc.stderr
     assert proc.stderr.strip() == "interrupted (SIGTERM)"
 

@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import build_tiny_model, read_video
+from conftest import build_tiny_model, default_signals, read_video
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
                                 reason="needs Ray Data: pip install '.[batch]'")
@@ -285,6 +285,7 @@ def test_defaults_on_two_cpus_do_not_hang_and_interrupt_then_resume(tmp_path, da
 
     def on_two_cpus() -> None:  # like `taskset`: the driver and every Ray process it starts see 2 CPUs
         os.sched_setaffinity(0, two_cpus)
+        default_signals()
 
     cmd = [sys.executable, "-m", "lrformer_deploy.cli.batch", str(inputs), str(data["video"]), "-o", str(out), "--model", str(data["model"]),
            "--batch-size", "1", "--overlay"]
@@ -364,3 +365,18 @@ def test_plan_resources_leaves_cpu_for_reads():
                                (64, 2, {"gpus_per_actor": 1, "actors": 3})):
         with pytest.raises(UserError):
             plan_resources(cpus, gpus, JobOptions(model="m", **kwargs), local=True)
+
+
+def test_resume_removes_the_temporaries_of_killed_workers(tmp_path):
+    """A worker killed mid-write leaves `.NAME.XXXX.partial.png`; --resume's cleanup removes exactly those."""
+    from lrformer_deploy.batch.outputs import Layout
+
+    layout = Layout(tmp_path / "out", True, True)
+    layout.make_dirs()
+    stale = [layout.overlay_dir / ".img_0018_seg.k2j4.partial.png", layout.mask_dir / "clip" / ".000003.x1.partial.png"]
+    stale[1].parent.mkdir()
+    kept = [layout.overlay_dir / "img_0018_seg.png", layout.mask_dir / ".keep", layout.root / "run.json"]
+    for p in stale + kept:
+        p.write_bytes(b"x")
+    assert layout.remove_stale_temporaries() == 2
+    assert not any(p.exists() for p in stale) and all(p.exists() for p in kept)

@@ -14,6 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import default_signals
 
 REPO = Path(__file__).resolve().parent.parent
 RED, GREEN, BLUE = (0, 0, 255), (0, 255, 0), (255, 0, 0)  # BGR
@@ -211,9 +212,7 @@ def test_ctrl_c_leaves_a_playable_partial_video(shared_video, tiny_model, tmp_pa
         [sys.executable, "-m", "lrformer_deploy.cli.infer", str(shared_video), "--model", str(model),
          "--resize", "keep-ratio", "--output", str(out)],
         cwd=tmp_path, env=cli_env(), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
-        # a runner started in the background (`cmd &` without job control) passes SIGINT on ignored,
-        # and Python then never installs its Ctrl-C handler: give the child the terminal's default
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        preexec_fn=default_signals,  # Python installs no Ctrl-C handler when SIGINT arrives ignored
     )
     # Wait for the progress line to report some frames, then press "Ctrl-C".
     seen = b""

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import SHARED_VIDEO, read_video
+from conftest import SHARED_VIDEO, default_signals, read_video
 
 REPO = Path(__file__).resolve().parent.parent
 SYNTHETIC_VIDEO = REPO / "samples" / "synthetic-scenes.mp4"
@@ -78,7 +78,7 @@ def long_video(tmp_path_factory) -> Path:
 def start_infer(video: Path, model: Path, out: Path, cwd: Path) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "lrformer_deploy.cli.infer", str(video), "--model", str(model), "--output", str(out)],
-        cwd=cwd, env=env(), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
+        cwd=cwd, env=env(), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, preexec_fn=default_signals)
 
 
 def wait_for_frames(proc: subprocess.Popen, at_least: int = 10) -> bytes:

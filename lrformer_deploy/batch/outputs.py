@@ -81,6 +81,18 @@ class Layout:
             return frames > 0 and all((self.mask_dir / mask_name(stem, i)).is_file() for i in range(frames))
         return True
 
+    def remove_stale_temporaries(self) -> int:
+        """Delete the hidden `.NAME.XXXX.partial.EXT` files an interrupted run's killed workers left
+        (atomic writes that never completed); run by --resume, whose earlier run is over. Returns how many."""
+        removed = 0
+        for folder in (self.root, self.mask_dir, self.overlay_dir):
+            if folder.is_dir():
+                for path in folder.rglob(".*.partial.*"):
+                    if path.is_file():
+                        path.unlink(missing_ok=True)
+                        removed += 1
+        return removed
+
     def make_dirs(self) -> None:
         for folder, wanted in ((self.root, True), (self.mask_dir, self.save_mask), (self.overlay_dir, self.overlay)):
             if wanted:

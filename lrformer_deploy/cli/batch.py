@@ -156,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     save_mask = args.save_mask or not args.overlay
     layout = Layout(root, save_mask, args.overlay)
     layout.make_dirs()
+    if args.resume:
+        layout.remove_stale_temporaries()
     previous = load_previous(layout.manifest) if args.resume else {}
 
     palette = tuple(spec.palette) if spec is not None else ()
