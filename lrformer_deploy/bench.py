@@ -31,6 +31,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from .cpus import usable_cpus
 from .errors import UserError
 
 FOOTNOTE = ("speedup = torch-eager median / row median (same input, same threads, interleaved rounds). "
@@ -39,14 +40,6 @@ FOOTNOTE = ("speedup = torch-eager median / row median (same input, same threads
             "The FP16/INT8 graphs are meant for the GPU (TensorRT), where they pay off.")
 BACKENDS = ("auto", "onnxruntime", "torch", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "int8")
-
-
-def default_threads() -> int:
-    """All cores this process may use (affinity-aware where the OS supports it)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # macOS / Windows
-        return max(1, os.cpu_count() or 1)
 
 
 def summarize(latencies_ms: Sequence[float], batch: int) -> dict[str, float]:
@@ -573,7 +566,7 @@ def run_benchmark(*, model: str | None = None, variant: str | None = None, num_c
         raise UserError(f"engine file not found: {engine_path}")
     if threads is not None and threads < 1:
         raise UserError(f"--threads must be at least 1, got {threads}")
-    threads = threads or default_threads()
+    threads = threads or usable_cpus()
     wait_note = "library defaults (idle threads spin-wait)" if spin_wait else apply_passive_wait()
 
     tmp = None

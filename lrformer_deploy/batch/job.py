@@ -29,6 +29,7 @@ from lrformer_deploy.batch.inputs import TASK_BYTES, Item
 from lrformer_deploy.batch.outputs import WORK, Layout, assemble_overlay_video, overlay_name
 from lrformer_deploy.batch.run_manifest import RunManifest
 from lrformer_deploy.batch.stages import BatchSegmenter, decode_images, decode_video_ranges
+from lrformer_deploy.cpus import usable_cpus
 from lrformer_deploy.errors import UserError
 
 # FFmpeg/OpenCV print their own warnings for broken inputs; the manifest and our stderr lines say it once.
@@ -86,14 +87,6 @@ class JobResult:
     sizing: Sizing | None = None
 
 
-def local_cpus() -> int:
-    """CPUs this process may use (its affinity), which is what a local Ray instance is given."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
-
-
 def start_ray(address: str | None, progress: bool) -> float:
     """ray.init, quietly; returns the seconds it took. A local instance gets a fresh token for this run
     in the environment (token authentication stays on, but nothing is written to ~/.ray and Ray does not
@@ -112,7 +105,7 @@ def start_ray(address: str | None, progress: bool) -> float:
         # on the loopback instead of the machine's network address.
         if "ray" not in sys.modules:
             os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-        kwargs["num_cpus"] = local_cpus()  # the count plan_resources checked before Ray started
+        kwargs["num_cpus"] = usable_cpus()  # the count plan_resources checked before Ray started
     else:
         # Workers on other machines do not inherit this process's environment.
         kwargs["runtime_env"] = {"env_vars": dict(QUIET_DECODERS)}

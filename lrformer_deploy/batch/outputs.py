@@ -85,12 +85,10 @@ class Layout:
         """Delete the hidden `.NAME.XXXX.partial.EXT` files an interrupted run's killed workers left
         (atomic writes that never completed); run by --resume, whose earlier run is over. Returns how many."""
         removed = 0
-        for folder in (self.root, self.mask_dir, self.overlay_dir):
-            if folder.is_dir():
-                for path in folder.rglob(".*.partial.*"):
-                    if path.is_file():
-                        path.unlink(missing_ok=True)
-                        removed += 1
+        for path in self.root.rglob(".*.partial.*"):  # the mask and overlay folders are inside root
+            if path.is_file():
+                path.unlink(missing_ok=True)
+                removed += 1
         return removed
 
     def make_dirs(self) -> None:

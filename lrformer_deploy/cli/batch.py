@@ -137,14 +137,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.gpus_per_actor == 0 and args.backend == "tensorrt":
         raise UserError("--backend tensorrt needs GPUs: pass --gpus-per-actor")
     from lrformer_deploy.batch.inputs import plan_inputs
-    from lrformer_deploy.batch.job import JobFailed, JobOptions, local_cpus, plan_resources, run_job
+    from lrformer_deploy.batch.job import JobFailed, JobOptions, plan_resources, run_job
     from lrformer_deploy.batch.outputs import Layout
     from lrformer_deploy.batch.run_manifest import RunManifest, finished, load_previous
+    from lrformer_deploy.cpus import usable_cpus
     from lrformer_deploy.runtime.spec import default_palette
 
     if args.address is None and args.gpus_per_actor == 0:
         # Refuse actor settings that would starve Ray's read tasks (and hang) before anything starts.
-        plan_resources(local_cpus(), 0.0, JobOptions(model="", actors=args.actors,
+        plan_resources(usable_cpus(), 0.0, JobOptions(model="", actors=args.actors,
                                                      cpus_per_actor=args.cpus_per_actor), local=True)
     if args.address:
         _check_address(args.address)

@@ -359,7 +359,8 @@ def quantize_int8(
     N x 3 x H x W float32 array. count: frames to use (decoded and measured one at a time). method:
     entropy | percentile | minmax. keep_sensitive_float: leave the convs one per-tensor scale cannot
     serve in float (depthwise, patch embedding on the residual stream, after a Concat, the final
-    classifier; see the module docstring for the measurement). cache_dir: where NAME.calib.json lives (default: beside out_onnx).
+    classifier; see the module docstring for the measurement). cache_dir: where NAME.calib.json lives
+    (default: beside out_onnx).
     size: (H, W), default the graph's. target: "tensorrt" (float ops in FP16 where measured safe) or
     "cpu" (float ops in FP32). quantize_attention: also put Q/DQ on the activation x activation MatMuls.
     The result's "calibration"["cache_hit"] says whether the ranges came from the cache.

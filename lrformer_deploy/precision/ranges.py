@@ -18,20 +18,12 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import io
-import os
 from typing import Mapping
 
 import numpy as np
 
+from ..cpus import usable_cpus
 from .measure import Sampled
-
-
-
-def workers() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
 
 
 def uniform_histogram(x: np.ndarray, bins: int, lo: float, hi: float) -> np.ndarray:
@@ -140,7 +132,7 @@ class RangeCollector:
         self.entropy = _Entropy(int(entropy_bins)) if method == "entropy" else None
         self.percentile = HistogramCollector("percentile", True, 2048, num_quantized_bins, float(percentile), "same") \
             if method == "percentile" else None
-        self.threads = threads or workers()
+        self.threads = threads or usable_cpus()
         self._pool = None
 
     def _map(self, fn, items):
