@@ -7,20 +7,12 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["load_checkpoint", "build_model", "Segmenter", "__version__"]
+from lrformer_deploy.lazy import lazy_exports
 
-
-def __getattr__(name: str):
-    if name == "load_checkpoint":
-        from .checkpoint import load_checkpoint
-
-        return load_checkpoint
-    if name == "build_model":
-        from .model import build_model
-
-        return build_model
-    if name == "Segmenter":
-        from .runtime import Segmenter
-
-        return Segmenter
-    raise AttributeError(f"module 'lrformer_deploy' has no attribute {name!r}")
+_EXPORTS = {
+    "load_checkpoint": "lrformer_deploy.model.checkpoint",
+    "build_model": "lrformer_deploy.model.lrformer",
+    "Segmenter": "lrformer_deploy.runtime.segmenter",
+}
+__all__ = [*_EXPORTS, "__version__"]
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)

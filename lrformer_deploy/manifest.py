@@ -15,7 +15,7 @@ import signal
 from pathlib import Path
 from typing import Iterator
 
-from .errors import UserError
+from lrformer_deploy.errors import UserError
 
 FORMAT = "lrformer-deploy-manifest"
 SCHEMA_VERSION = 1
@@ -54,7 +54,7 @@ def manifest_path_for(artifact: str | os.PathLike) -> Path:
 
 def write_manifest(path: str | os.PathLike, manifest: dict) -> Path:
     """Write atomically (a reader never sees half a manifest)."""
-    from .atomic import write_text
+    from lrformer_deploy.atomic import write_text
 
     path = Path(path)
     write_text(path, json.dumps(manifest, indent=2) + "\n")
@@ -91,7 +91,7 @@ def publish(files: list[tuple[Path, Path]], manifest: dict | None = None,
     and the new manifest renamed in. Signals are held for those renames, so an interrupted re-export
     leaves the old artifacts with their old manifest, or the new ones with the new manifest.
     """
-    from .atomic import commit, temporary_sibling
+    from lrformer_deploy.atomic import commit, temporary_sibling
 
     tmp_manifest = None
     if manifest is not None:
@@ -131,13 +131,6 @@ def load_manifest(path: str | os.PathLike) -> dict:
         raise UserError(f"{path} has manifest schema {data.get('schema_version')!r}; "
                         f"this version reads up to {SCHEMA_VERSION}")
     return data
-
-
-def validate_manifest(manifest: dict) -> None:
-    """Check against the JSON Schema (needs the `jsonschema` package; used by tests and the exporter)."""
-    import jsonschema
-
-    jsonschema.validate(manifest, json.loads(SCHEMA_PATH.read_text()))
 
 
 def artifact_record(path: str | os.PathLike, base: str | os.PathLike, name: str | None = None) -> dict:

@@ -140,7 +140,7 @@ def run_cmd(command: str, args: list[str], cwd: Path, env: dict, timeout: float 
 
 
 def prepare(name: str, folder: Path, env: dict) -> None:
-    from lrformer_deploy.demo import default_model
+    from lrformer_deploy.build.demo import default_model
 
     if name == "empty":
         (folder / "empty.mp4").write_bytes(b"")
@@ -162,7 +162,7 @@ def prepare(name: str, folder: Path, env: dict) -> None:
             writer.write(np.full((48, 64, 3), 40 * i, np.uint8))
         writer.release()
     elif name == "badlabels":
-        from lrformer_deploy import synthetic
+        from lrformer_deploy.data import synthetic
 
         root = synthetic.write_dataset(folder / "data", 0, 2, size=(256, 448), seed=1)
         label = root / "annotations" / "val" / "scene_000000.png"
@@ -335,7 +335,7 @@ def main() -> int:
     args = ap.parse_args()
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
                PYTHONUNBUFFERED="1")
-    from lrformer_deploy.demo import default_model
+    from lrformer_deploy.build.demo import default_model
 
     default_model()  # export the demo once, before anything is timed or interrupted
     rows = []

@@ -50,8 +50,8 @@ def one_run(args) -> dict:
     import numpy as np
     import torch
 
-    from lrformer_deploy.export_onnx import export_onnx
-    from lrformer_deploy.datasets import get_dataset
+    from lrformer_deploy.build.export import export_onnx
+    from lrformer_deploy.data.datasets import get_dataset
     from lrformer_deploy.precision import accuracy_report, convert_fp16, load_calibration_frames, quantize_int8
     from lrformer_deploy.precision.calibration import count_calibration_frames, iter_calibration_frames
 

@@ -65,7 +65,7 @@ def main() -> int:
     args = p.parse_args()
     video = Path(args.video)
     if args.model is None:
-        from lrformer_deploy.demo import default_model
+        from lrformer_deploy.build.demo import default_model
         args.model = str(default_model())
     n = frames(video)
     env = check.gst_environment()

@@ -4,7 +4,7 @@
     python samples/bench_mask_tail.py --threads 1 --rounds 30
 
 The tail is what the exporter appends to the stride-8 logits of a mask graph: bilinear Resize to the
-input size, ArgMax over classes, Cast to int32 (lrformer_deploy.model.logits_to_mask, exported the
+input size, ArgMax over classes, Cast to int32 (lrformer_deploy.model.lrformer.logits_to_mask, exported the
 same way as in a full graph). The NHWC form is made from it by the exporter's own rewrite
 (export_onnx.channels_last_mask_tail). Both run on the same random logits in interleaved rounds; the
 masks are checked equal. Prints median ms per tail and the ratio. Not a test: nothing is asserted
@@ -32,8 +32,8 @@ CASES = [("T ade20k 512x512", 150, (512, 512)), ("demo 256x448", 6, (256, 448))]
 def tail_graph(classes: int, size: tuple[int, int], folder: Path) -> Path:
     import torch
 
-    from lrformer_deploy.export_onnx import _quiet_exporter
-    from lrformer_deploy.model import logits_to_mask
+    from lrformer_deploy.build.export import _quiet_exporter
+    from lrformer_deploy.model.lrformer import logits_to_mask
 
     class Tail(torch.nn.Module):
         def forward(self, logits):
@@ -56,7 +56,7 @@ def main() -> int:
     import onnx
     import onnxruntime as ort
 
-    from lrformer_deploy.export_onnx import channels_last_mask_tail, mask_tail_layout
+    from lrformer_deploy.build.export import channels_last_mask_tail, mask_tail_layout
 
     print(f"load average {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}, "
           f"{args.threads} thread(s), onnxruntime {ort.__version__}")

@@ -120,9 +120,9 @@ def agreement(a: np.ndarray, b: np.ndarray) -> float:
 
 def check_memory_provider(kind: str, device: int) -> str:
     """Buffers, pinned copies, streams and producer -> consumer ordering through one provider."""
-    from lrformer_deploy.runtime.backends.trt import _device_pointer, _make_memory
+    from lrformer_deploy.runtime.backends.cuda import device_pointer, make_memory
 
-    mem = _make_memory(device, kind)
+    mem = make_memory(device, kind)
     mem.push()
     try:
         src = mem.pinned((16, 1 << 20), np.float32)  # 64 MiB: a copy long enough to race with
@@ -144,7 +144,7 @@ def check_memory_provider(kind: str, device: int) -> str:
             side = torch.cuda.Stream()
             with torch.cuda.stream(side):
                 x = torch.ones((1, 3, 256, 448), device=f"cuda:{device}")
-                _, _, stream = _device_pointer(x, np.dtype(np.float32), (1, 3, 256, 448))
+                _, _, stream = device_pointer(x, np.dtype(np.float32), (1, 3, 256, 448))
             if stream != side.cuda_stream:
                 raise RuntimeError(f"producer stream of a torch tensor read as {stream}, made on {side.cuda_stream}")
             detail += "; torch tensor's producer stream found"
@@ -185,11 +185,11 @@ def main(argv=None) -> int:
 
     import torch
 
-    from lrformer_deploy import demo
-    from lrformer_deploy.checkpoint import load_checkpoint
-    from lrformer_deploy.datasets import get_dataset
-    from lrformer_deploy.export_onnx import export_onnx
-    from lrformer_deploy.model import MaskHead
+    from lrformer_deploy.build import demo
+    from lrformer_deploy.model.checkpoint import load_checkpoint
+    from lrformer_deploy.data.datasets import get_dataset
+    from lrformer_deploy.build.export import export_onnx
+    from lrformer_deploy.model.lrformer import MaskHead
     from lrformer_deploy.runtime.backends.ort import OnnxRuntimeRunner
     from lrformer_deploy.runtime.preprocess import preprocess_image
 
@@ -245,7 +245,7 @@ def main(argv=None) -> int:
                 raise Skip("no ONNX Runtime reference")
             import tensorrt as trt
 
-            from lrformer_deploy.engine_build import build_engine
+            from lrformer_deploy.build.engine import build_engine
             from lrformer_deploy.runtime.backends.trt import TensorRTRunner
 
             record = build_engine(graph, work / "demo-nchw.engine", 2.0, tf32=False, device_id=args.device)

@@ -1,4 +1,4 @@
-"""Regenerate samples/synthetic-scenes.mp4: a short clip of procedural scenes (lrformer_deploy.synthetic).
+"""Regenerate samples/synthetic-scenes.mp4: a short clip of procedural scenes (lrformer_deploy.data.synthetic).
 
     python samples/make_synthetic.py [--out samples/synthetic-scenes.mp4]
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lrformer_deploy.synthetic import render_video
+from lrformer_deploy.data.synthetic import render_video
 
 HERE = Path(__file__).resolve().parent
 

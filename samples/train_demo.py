@@ -5,7 +5,7 @@
 
 Writes lrformer_deploy/weights/lrformer-demo-synthetic.pth (mmseg layout {'meta', 'state_dict'}).
 
-Data: every training step draws fresh scenes from `lrformer_deploy.synthetic.generate_scene`, seeded
+Data: every training step draws fresh scenes from `lrformer_deploy.data.synthetic.generate_scene`, seeded
 [seed, 1, index]; the validation set uses seeds [seed, 2, index] (the same split streams as
 `write_dataset`), so the two never share a scene. Inputs go through the runtime's own preprocessing
 (`lrformer_deploy.runtime.preprocess`), so the model is trained on exactly what it is fed at inference.
@@ -30,16 +30,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lrformer_deploy.checkpoint import load_checkpoint, save_checkpoint
-from lrformer_deploy.datasets import get_dataset
-from lrformer_deploy.evaluation import ConfusionMatrix
-from lrformer_deploy.model import build_model, logits_to_mask, upsample_logits
+from lrformer_deploy.model.checkpoint import load_checkpoint, save_checkpoint
+from lrformer_deploy.data.datasets import get_dataset
+from lrformer_deploy.data.evaluation import ConfusionMatrix
+from lrformer_deploy.model.lrformer import build_model, logits_to_mask, upsample_logits
 from lrformer_deploy.runtime.preprocess import Preprocessor, preprocess_image
-from lrformer_deploy.synthetic import generate_scene
+from lrformer_deploy.data.synthetic import generate_scene
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / "lrformer_deploy" / "weights" / "lrformer-demo-synthetic.pth"
-TRAIN_STREAM, VAL_STREAM = 1, 2  # seed streams of lrformer_deploy.synthetic.write_dataset
+TRAIN_STREAM, VAL_STREAM = 1, 2  # seed streams of lrformer_deploy.data.synthetic.write_dataset
 
 
 def parse_size(text: str) -> tuple[int, int]:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import torch
 
-from lrformer_deploy.checkpoint import save_checkpoint
-from lrformer_deploy.model import build_model
+from lrformer_deploy.model.checkpoint import save_checkpoint
+from lrformer_deploy.model.lrformer import build_model
 
 
 def randomized_model(variant: str = "T", num_classes: int = 150, seed: int = 0):

@@ -13,7 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lrformer_deploy.bench import Target, agreement, measure, summarize
+from lrformer_deploy.bench.report import agreement
+from lrformer_deploy.bench.rows import Row
+from lrformer_deploy.bench.timing import measure, summarize
+from lrformer_deploy.runtime.backends.base import Runner
 from lrformer_deploy.cli.bench import main
 
 REPO = Path(__file__).resolve().parent.parent
@@ -35,7 +38,7 @@ def run_json(capsys, *args: str) -> dict:
 
 @pytest.fixture(scope="module")
 def compare_report(work_dir) -> dict:
-    from lrformer_deploy.bench import run_benchmark
+    from lrformer_deploy.bench.run import run_benchmark
 
     return run_benchmark(variant="demo", size=(64, 64), warmup=1, iterations=2, threads=1, calib_count=2,
                          compare=True, work_dir=str(work_dir))
@@ -52,13 +55,31 @@ def test_summarize_statistics():
     assert stats["iterations"] == 5
 
 
+class CallRecorder(Runner):
+    """A runner that records its name in `calls` on every inference (what the timing loop is given)."""
+
+    def __init__(self, name: str, calls: list[str]):
+        super().__init__()
+        self.name, self.calls = name, calls
+
+    def _activate(self) -> None:
+        pass
+
+    def io_info(self):
+        return [("image", (1,))], [("out", (1,))]
+
+    def infer(self, feed):
+        self.calls.append(self.name)
+        return {"out": feed["image"]}
+
+
 def test_measure_interleaves_in_rotated_rounds():
     calls: list[str] = []
 
     def make(name):
-        return Target(name, "fake", "fp32", "cpu", run=lambda x, n=name: calls.append(n))
+        return Row(name, "fake", "fp32", "cpu", runner=CallRecorder(name, calls)).activate()
 
-    targets = [make("a"), make("b"), make("c"), Target("gpu", "fake", "fp32", "cuda", skipped="no GPU")]
+    targets = [make("a"), make("b"), make("c"), Row("gpu", "fake", "fp32", "cuda", skipped="no GPU")]
     measure(targets, np.zeros(1), warmup=2, iterations=3, duration=None)
     warm, timed = calls[:6], calls[6:]
     assert warm == ["a", "a", "b", "b", "c", "c"]
@@ -68,7 +89,7 @@ def test_measure_interleaves_in_rotated_rounds():
 
 
 def test_measure_duration_runs_at_least_one_round():
-    t = Target("a", "fake", "fp32", "cpu", run=lambda x: None)
+    t = Row("a", "fake", "fp32", "cpu", runner=CallRecorder("a", [])).activate()
     measure([t], np.zeros(1), warmup=0, iterations=None, duration=1e-9)
     assert len(t.latencies_ms) >= 1
 
@@ -179,7 +200,7 @@ def test_compare_times_torch_cuda_on_a_gpu(work_dir):
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
         pytest.skip("no CUDA GPU")
-    from lrformer_deploy.bench import run_benchmark
+    from lrformer_deploy.bench.run import run_benchmark
 
     report = run_benchmark(variant="demo", size=(64, 64), warmup=1, iterations=2, threads=1, calib_count=2,
                            compare=True, work_dir=str(work_dir))

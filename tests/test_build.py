@@ -13,12 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from lrformer_deploy import build as build_mod
-from lrformer_deploy import demo
+from lrformer_deploy.build import pipeline as build_mod
+from lrformer_deploy.build import demo
 from lrformer_deploy.build import BuildRequest, build
 from lrformer_deploy.cli import bench as bench_cli
+from lrformer_deploy.runtime.backends import tensorrt_missing
 from lrformer_deploy.cli import export as export_cli
-from lrformer_deploy.manifest import sha256_file, validate_manifest
+from lrformer_deploy.manifest import sha256_file
+from manifest_schema import validate_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 CKPT = str(demo.CHECKPOINT)
@@ -31,7 +33,7 @@ def no_model_loading(monkeypatch):
         raise AssertionError("a model was loaded before validation finished")
 
     monkeypatch.setattr(build_mod, "_load_model", refuse)
-    monkeypatch.setattr("lrformer_deploy.bench.export_variant", refuse)
+    monkeypatch.setattr("lrformer_deploy.bench.plan.export_fp32", refuse)
 
 
 def _one_error_line(capsys, needle: str) -> str:
@@ -72,7 +74,7 @@ def test_export_refuses_before_loading_the_model(tmp_path, capsys, no_model_load
 
 
 def test_export_engine_demanded_without_tensorrt_fails_first(tmp_path, capsys, no_model_loading):
-    if build_mod.tensorrt_missing() is None:
+    if tensorrt_missing() is None:
         pytest.skip("TensorRT and a GPU are present here")
     assert export_cli.main(["--ckpt", CKPT, "--engine", "--output-dir", str(tmp_path)]) == 2
     _one_error_line(capsys, "--engine was demanded")
@@ -134,7 +136,7 @@ def test_bench_refuses_before_exporting(tmp_path, capsys, no_model_loading, extr
 
 
 def test_bench_tensorrt_backend_without_tensorrt_fails_first(capsys, no_model_loading):
-    if build_mod.tensorrt_missing() is None:
+    if tensorrt_missing() is None:
         pytest.skip("TensorRT and a GPU are present here")
     assert bench_cli.main(["--variant", "demo", "--size", "64x64", "--backend", "tensorrt"]) == 2
     _one_error_line(capsys, "tensorrt backend")
@@ -178,7 +180,8 @@ def test_interrupted_reexport_keeps_the_old_graph_and_manifest(first_export, tmp
     for f in ("m.onnx", "m.json"):
         shutil.copy(src / f, out / f)
     before = {f: (out / f).read_bytes() for f in ("m.onnx", "m.json")}
-    from lrformer_deploy import atomic, export_onnx
+    from lrformer_deploy import atomic
+    from lrformer_deploy.build import export as export_onnx
 
     def interrupted(onnx_path, *args, **kwargs):
         assert onnx_path != out / "m.onnx"  # the check runs on the new graph under its temporary name

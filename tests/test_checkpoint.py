@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import lrformer_deploy
-from lrformer_deploy.checkpoint import load_checkpoint
+from lrformer_deploy.model.checkpoint import load_checkpoint
 from lrformer_deploy.errors import UserError
 from ckpt_factory import randomized_model, write_official_checkpoint
 

@@ -1,7 +1,7 @@
 """Dataset presets: sizes, palettes and lookups the exporter, runtime and evaluator rely on."""
 import pytest
 
-from lrformer_deploy.datasets import DATASET_NAMES, dataset_for_num_classes, get_dataset
+from lrformer_deploy.data.datasets import DATASET_NAMES, dataset_for_num_classes, get_dataset
 from lrformer_deploy.errors import UserError
 
 EXPECTED = {"ade20k": 150, "coco-stuff": 171, "cityscapes": 19}
@@ -64,7 +64,7 @@ def test_unknown_dataset_is_a_user_error():
     with pytest.raises(UserError, match="unknown dataset"):
         get_dataset("pascal-voc")
 def test_synthetic_preset_matches_generator_classes():
-    from lrformer_deploy import synthetic
+    from lrformer_deploy.data import synthetic
 
     preset = get_dataset("synthetic")
     assert preset.class_names == synthetic.CLASS_NAMES

@@ -13,9 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from lrformer_deploy import demo, synthetic
-from lrformer_deploy.evaluation import ConfusionMatrix
-from lrformer_deploy.model import logits_to_mask
+from lrformer_deploy.build import demo
+
+from lrformer_deploy.data import synthetic
+from lrformer_deploy.data.evaluation import ConfusionMatrix
+from lrformer_deploy.model.lrformer import logits_to_mask
 from lrformer_deploy.runtime import Segmenter
 from lrformer_deploy.runtime.preprocess import preprocess_image
 
@@ -30,7 +32,7 @@ def demo_onnx(tmp_path_factory):
 
 def test_runtime_mask_equals_the_exporters_computation(demo_onnx, shared_video):
     """Segmenter(frame) == PyTorch model on the exporter's preprocessing (preprocess_image) of that frame."""
-    from lrformer_deploy.checkpoint import load_checkpoint
+    from lrformer_deploy.model.checkpoint import load_checkpoint
 
     model = load_checkpoint(demo.CHECKPOINT, verbose=False)
     seg = Segmenter(demo_onnx, backend="onnxruntime")

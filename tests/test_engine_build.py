@@ -6,8 +6,8 @@ import importlib.util
 import numpy as np
 import pytest
 
-from lrformer_deploy import engine_build
-from lrformer_deploy.engine_build import EngineUnavailable, build_engine, gpu_info
+from lrformer_deploy.build import engine as engine_build
+from lrformer_deploy.build.engine import EngineUnavailable, build_engine, gpu_info
 from lrformer_deploy.errors import UserError
 
 HAVE_TRT = importlib.util.find_spec("tensorrt") is not None
@@ -116,14 +116,14 @@ from fake_tensorrt import FakeMemory, Recorder, make_trt  # noqa: E402
 @pytest.fixture
 def fake_build(tmp_path, monkeypatch):
     """build_engine against a fake `tensorrt` and a fake CUDA provider; returns (run, log, onnx path)."""
-    from lrformer_deploy.runtime.backends import trt as trt_backend
+    from lrformer_deploy.runtime.backends import cuda as cuda_backend
 
     onnx = tmp_path / "m.onnx"
     onnx.write_bytes(b"graph")
     log = Recorder()
     smi = {"name": "NVIDIA H200", "compute_capability": "9.0", "driver": "560.35.03", "memory": "", "count": 2}
     monkeypatch.setattr(engine_build, "gpu_info", lambda: dict(smi))
-    monkeypatch.setattr(trt_backend, "_make_memory", lambda dev, prefer: FakeMemory(log, "NVIDIA A100", (8, 0)))
+    monkeypatch.setattr(cuda_backend, "make_memory", lambda dev, prefer: FakeMemory(log, "NVIDIA A100", (8, 0)))
 
     def run(trt_kwargs=None, **kw):
         monkeypatch.setattr(engine_build, "_import_tensorrt", lambda: make_trt(log, **(trt_kwargs or {})))
@@ -144,12 +144,12 @@ def test_gpu_identity_is_the_cuda_device_the_build_used(fake_build):
 
 
 def test_gpu_identity_falls_back_to_nvidia_smi_without_a_cuda_api(fake_build, monkeypatch):
-    from lrformer_deploy.runtime.backends import trt as trt_backend
+    from lrformer_deploy.runtime.backends import cuda as cuda_backend
 
     def no_provider(dev, prefer):
         raise UserError("the tensorrt backend needs pycuda or torch with CUDA")
 
-    monkeypatch.setattr(trt_backend, "_make_memory", no_provider)
+    monkeypatch.setattr(cuda_backend, "make_memory", no_provider)
     run, _, _ = fake_build
     record = run()
     assert record["gpu"] == "NVIDIA H200" and record["gpu_source"].startswith("nvidia-smi")
@@ -229,7 +229,7 @@ def test_building_from_a_channels_last_mask_graph_warns(fake_build, capsys):
 
 
 def test_export_cli_tf32_flag_reaches_the_builder(monkeypatch, tmp_path):
-    from lrformer_deploy import build as build_mod
+    from lrformer_deploy.build import pipeline as build_mod
     from lrformer_deploy.cli import export as cli_export
 
     seen = {}

@@ -7,9 +7,9 @@ import cv2
 import numpy as np
 import pytest
 
-from lrformer_deploy import synthetic
+from lrformer_deploy.data import synthetic
 from lrformer_deploy.cli import eval as eval_cli
-from lrformer_deploy.evaluation import ConfusionMatrix, open_eval_folder
+from lrformer_deploy.data.evaluation import ConfusionMatrix, open_eval_folder
 
 SIZE = (48, 64)
 

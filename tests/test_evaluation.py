@@ -5,9 +5,9 @@ import cv2
 import numpy as np
 import pytest
 
-from lrformer_deploy import synthetic
+from lrformer_deploy.data import synthetic
 from lrformer_deploy.errors import UserError
-from lrformer_deploy.evaluation import (
+from lrformer_deploy.data.evaluation import (
     ConfusionMatrix, detect_layout, evaluate, official_test_size, open_eval_folder, reduce_zero_label,
 )
 

@@ -11,10 +11,11 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from lrformer_deploy.checkpoint import load_checkpoint
-from lrformer_deploy.datasets import get_dataset
-from lrformer_deploy.export_onnx import FORBIDDEN_OPS, export_onnx
-from lrformer_deploy.manifest import sha256_file, validate_manifest
+from lrformer_deploy.model.checkpoint import load_checkpoint
+from lrformer_deploy.data.datasets import get_dataset
+from lrformer_deploy.build.export import FORBIDDEN_OPS, export_onnx
+from lrformer_deploy.manifest import sha256_file
+from manifest_schema import validate_manifest
 from ckpt_factory import randomized_model, write_official_checkpoint
 
 REPO_ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
@@ -172,7 +173,7 @@ def test_cli_int8_below_agreement_threshold_is_an_error(tmp_path, shared_video, 
 
 def test_failed_onnxruntime_check_is_an_error(tmp_path, monkeypatch):
     """If ONNX Runtime disagrees with PyTorch the export fails (and the CLI prints one error line)."""
-    from lrformer_deploy import export_onnx as ex
+    from lrformer_deploy.build import export as ex
 
     real = ex.verify_with_onnxruntime
 

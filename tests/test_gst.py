@@ -57,7 +57,7 @@ def embedded_python(gst_env) -> str:
 
 @pytest.fixture(scope="session")
 def demo_onnx() -> Path:
-    from lrformer_deploy.demo import default_model
+    from lrformer_deploy.build.demo import default_model
 
     return Path(default_model())
 

@@ -196,7 +196,7 @@ def test_no_model_and_no_demo_is_one_line(tmp_path):
         import importlib.abc, sys
         class _NoDemo(importlib.abc.MetaPathFinder):
             def find_spec(self, name, path=None, target=None):
-                if name == "lrformer_deploy.demo":
+                if name == "lrformer_deploy.build.on_demand":
                     raise ImportError("hidden for this test")
         sys.meta_path.insert(0, _NoDemo())
     """))

@@ -26,10 +26,10 @@ def graphs(tmp_path_factory):
     One export (a dynamo export costs tens of seconds on 2 cores): the NCHW graph, then the NHWC one
     from it with the same rewrite export_onnx(mask_tail="nhwc") applies.
     """
-    from lrformer_deploy import demo
-    from lrformer_deploy.checkpoint import load_checkpoint
-    from lrformer_deploy.datasets import get_dataset
-    from lrformer_deploy.export_onnx import channels_last_mask_tail, export_onnx
+    from lrformer_deploy.build import demo
+    from lrformer_deploy.model.checkpoint import load_checkpoint
+    from lrformer_deploy.data.datasets import get_dataset
+    from lrformer_deploy.build.export import channels_last_mask_tail, export_onnx
 
     folder = tmp_path_factory.mktemp("tails")
     model = load_checkpoint(demo.CHECKPOINT, verbose=False)
@@ -56,7 +56,7 @@ def _frames(video, count=6):
 
 
 def test_each_graph_has_the_tail_it_was_asked_for(graphs):
-    from lrformer_deploy.export_onnx import mask_tail_layout
+    from lrformer_deploy.build.export import mask_tail_layout
     from lrformer_deploy.manifest import load_manifest
 
     for tail, (path, manifest_path) in graphs.items():
@@ -76,7 +76,7 @@ def test_each_graph_has_the_tail_it_was_asked_for(graphs):
 
 
 def test_both_tails_give_identical_masks_on_real_frames(graphs, shared_video):
-    from lrformer_deploy.datasets import get_dataset
+    from lrformer_deploy.data.datasets import get_dataset
     from lrformer_deploy.runtime.preprocess import preprocess_image
 
     preset = get_dataset("synthetic")
@@ -92,17 +92,17 @@ def test_both_tails_give_identical_masks_on_real_frames(graphs, shared_video):
 
 
 def test_the_manifest_records_the_nhwc_tail_too(tmp_path):
-    from lrformer_deploy.export_onnx import export_onnx
+    from lrformer_deploy.build.export import export_onnx
     from lrformer_deploy.manifest import load_manifest
-    from lrformer_deploy.model import build_model
+    from lrformer_deploy.model.lrformer import build_model
 
     result = export_onnx(build_model("demo", 6), tmp_path, size=(64, 64), mask_tail="nhwc", quiet=True, verify=False)
     assert load_manifest(result.manifest_path)["output"]["mask_tail"] == "nhwc"
 
 
 def test_unknown_tail_is_a_user_error(tmp_path):
-    from lrformer_deploy.export_onnx import export_onnx
-    from lrformer_deploy.model import build_model
+    from lrformer_deploy.build.export import export_onnx
+    from lrformer_deploy.model.lrformer import build_model
 
     with pytest.raises(UserError, match="mask tail"):
         export_onnx(build_model("demo", 6), tmp_path, size=(64, 64), mask_tail="nwhc", quiet=True)

@@ -5,9 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lrformer_deploy.grids import adaptive_bins, lrsa_grid, pyramid_targets, stage_grids
-from lrformer_deploy.info import count_macs, count_params
-from lrformer_deploy.model import VARIANTS, build_model, static_adaptive_avg_pool2d
+from lrformer_deploy.model.grids import adaptive_bins, lrsa_grid, pyramid_targets, stage_grids
+from lrformer_deploy.model.info import count_macs, count_params
+from lrformer_deploy.model.lrformer import VARIANTS, build_model, static_adaptive_avg_pool2d
 
 
 @pytest.mark.parametrize("hw,target,expected", [

@@ -1,7 +1,6 @@
 """The precision passes on a real (tiny, random-weight) LRFormer export: demo variant, 6 classes, 128x128.
 
-Uses the project's exporter when it exists (lrformer_deploy.export_onnx), otherwise exports the demo
-model's mask head directly with torch.onnx (dynamo). Slow on 2 CPU cores (the export dominates).
+Exported with the project's exporter (lrformer_deploy.build.export). Slow on 2 CPU cores (the export dominates).
 """
 from __future__ import annotations
 
@@ -23,20 +22,12 @@ def demo_onnx(tmp_path_factory):
     folder = tmp_path_factory.mktemp("demo")
     torch.manual_seed(0)
     model = model_mod.build_model("demo", 6)
-    try:
-        from lrformer_deploy.datasets import get_dataset
-        from lrformer_deploy.export_onnx import export_onnx
-    except ImportError:
-        export_onnx = None
-    if export_onnx is not None:
-        result = export_onnx(model, folder, "demo", size=SIZE, head="mask", dataset=get_dataset("synthetic"),
-                             variant="demo", quiet=True)
-        return result.onnx_path
-    model.set_static(True)
-    path = folder / "demo.onnx"
-    torch.onnx.export(model_mod.MaskHead(model).eval(), (torch.zeros(1, 3, *SIZE),), str(path),
-                      input_names=["image"], output_names=["mask"], opset_version=17, dynamo=True)
-    return path
+    from lrformer_deploy.build.export import export_onnx
+    from lrformer_deploy.data.datasets import get_dataset
+
+    result = export_onnx(model, folder, "demo", size=SIZE, head="mask", dataset=get_dataset("synthetic"),
+                         variant="demo", quiet=True)
+    return result.onnx_path
 
 
 @pytest.fixture(scope="module")

@@ -288,8 +288,8 @@ def test_tensorrt_rejects_an_engine_from_elsewhere(tmp_path):
 @pytest.mark.slow
 def test_checkpoint_runs_on_torch_and_through_in_memory_export(tmp_path):
     torch = pytest.importorskip("torch")
-    pytest.importorskip("lrformer_deploy.checkpoint")
-    from lrformer_deploy.model import build_model
+    pytest.importorskip("lrformer_deploy.model.checkpoint")
+    from lrformer_deploy.model.lrformer import build_model
 
     torch.manual_seed(0)
     model = build_model("demo", num_classes=19)

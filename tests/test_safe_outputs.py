@@ -205,16 +205,16 @@ def test_model_that_does_not_match_its_manifest_is_refused(tiny_model, tmp_path)
 
 
 def test_sha256_is_hashed_once_per_size_and_mtime(tmp_path, monkeypatch):
-    from lrformer_deploy import manifest
-    from lrformer_deploy.runtime.spec import cached_sha256
+    from lrformer_deploy import cache
+    from lrformer_deploy.cache import cached_sha256
 
     monkeypatch.setenv("LRFORMER_DEPLOY_CACHE", str(tmp_path / "cache"))
     f = tmp_path / "m.onnx"
     f.write_bytes(b"graph one")
     first = cached_sha256(f)
     calls = []
-    real = manifest.sha256_file
-    monkeypatch.setattr(manifest, "sha256_file", lambda p: calls.append(p) or real(p))
+    real = cache.sha256_file
+    monkeypatch.setattr(cache, "sha256_file", lambda p: calls.append(p) or real(p))
     assert cached_sha256(f) == first and calls == []  # served from the cache
     f.write_bytes(b"graph two, longer")  # new size and mtime
     assert cached_sha256(f) == real(f) != first and len(calls) == 1
@@ -235,7 +235,7 @@ def test_eval_without_arguments_scores_the_demo_at_its_own_scene_size(tmp_path):
 
 
 def test_eval_refuses_labels_of_another_size_than_their_images(tiny_model, tmp_path):
-    from lrformer_deploy import synthetic
+    from lrformer_deploy.data import synthetic
 
     pytest.importorskip("onnxruntime")
     root = synthetic.write_dataset(tmp_path / "data", 0, 2, size=(32, 64), seed=1)
@@ -250,7 +250,7 @@ def test_eval_refuses_labels_of_another_size_than_their_images(tiny_model, tmp_p
 def test_info_num_classes_is_checked_against_the_checkpoint(tmp_path, capsys):
     torch = pytest.importorskip("torch")
     from lrformer_deploy.cli import info as info_cli
-    from lrformer_deploy.model import build_model
+    from lrformer_deploy.model.lrformer import build_model
 
     ckpt = tmp_path / "demo6.pth"
     torch.save({"state_dict": build_model("demo", 6).state_dict()}, ckpt)
@@ -266,7 +266,7 @@ def test_info_counts_huge_sizes_without_allocating_them():
     # 8192x8192 run eagerly needs tens of GiB of activations (the OOM killer, on a shared machine); counted on
     # the meta device it needs none. The address-space cap turns a regression into a quick MemoryError.
     code = ("import resource; resource.setrlimit(resource.RLIMIT_AS, (6 << 30, 6 << 30))\n"
-            "from lrformer_deploy.info import count_macs; from lrformer_deploy.model import build_model\n"
+            "from lrformer_deploy.model.info import count_macs; from lrformer_deploy.model import build_model\n"
             "m = build_model('T', 150); print(count_macs(m, (8192, 8192)) / count_macs(m, (512, 512)))")
     proc = subprocess.run([sys.executable, "-c", code], env=env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-500:]

@@ -5,8 +5,8 @@ import cv2
 import numpy as np
 import pytest
 
-from lrformer_deploy import synthetic as S
-from lrformer_deploy.datasets import get_dataset
+from lrformer_deploy.data import synthetic as S
+from lrformer_deploy.data.datasets import get_dataset
 
 
 def test_same_seed_same_scene_and_different_seed_differs():

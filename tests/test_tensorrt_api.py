@@ -52,7 +52,7 @@ def bindings() -> list[tn.Bindings]:
 @pytest.fixture(scope="module")
 def usage() -> tn.Usage:
     modules = tn.modules_importing_tensorrt(SCANNED)
-    assert REPO / "lrformer_deploy" / "engine_build.py" in modules
+    assert REPO / "lrformer_deploy" / "build" / "engine.py" in modules
     assert REPO / "lrformer_deploy" / "runtime" / "backends" / "trt.py" in modules
     found = tn.Usage()
     for path in modules:
@@ -122,13 +122,13 @@ PLANTS = {
 
 @pytest.mark.parametrize("old,new", list(PLANTS.items()), ids=["method", "attribute", "version-only", "guarded"])
 def test_a_planted_bad_name_fails_the_check(bindings, old, new):
-    path = REPO / "lrformer_deploy" / "engine_build.py"
+    path = REPO / "lrformer_deploy" / "build" / "engine.py"
     source = path.read_text(encoding="utf-8")
     assert old in source
     source = source.replace(old, new)  # every occurrence: the docstring names some calls too
     planted = new.split('"')[1] if '"' in new else new.split(".")[-1].split("(")[0]
     found = tn.Usage()
-    tn.analyse_source(source, "engine_build.py (planted)", found)
+    tn.analyse_source(source, "build/engine.py (planted)", found)
     tn.analyse_source((REPO / "lrformer_deploy/runtime/backends/trt.py").read_text(encoding="utf-8"), "trt.py", found)
     report = problems(found, bindings)
     assert any(line.startswith(planted + " ") for line in report), report

@@ -56,7 +56,7 @@ def frames() -> list[np.ndarray]:
 
 @pytest.fixture(scope="module")
 def demo_onnx(tmp_path_factory) -> Path:
-    from lrformer_deploy import demo
+    from lrformer_deploy.build import demo
 
     return demo.default_model(tmp_path_factory.mktemp("demo-cache"))
 
@@ -380,10 +380,10 @@ def test_repository_frames_model_equals_lrformer_infer(tritonserver, frames, tmp
 # ---------------------------------------------------------------------------------------------- dynamic batch
 @pytest.fixture(scope="module")
 def dynamic_export(tmp_path_factory):
-    from lrformer_deploy import demo
-    from lrformer_deploy.checkpoint import load_checkpoint
-    from lrformer_deploy.datasets import get_dataset
-    from lrformer_deploy.export_onnx import export_onnx
+    from lrformer_deploy.build import demo
+    from lrformer_deploy.model.checkpoint import load_checkpoint
+    from lrformer_deploy.data.datasets import get_dataset
+    from lrformer_deploy.build.export import export_onnx
 
     model = load_checkpoint(demo.CHECKPOINT, verbose=False)
     return export_onnx(model, tmp_path_factory.mktemp("dyn"), "demo-dyn", size=demo.PRESET["size"], max_batch=3,
@@ -395,7 +395,7 @@ def _with_logits(onnx_path: Path):
     import onnx
     import onnxruntime as ort
 
-    from lrformer_deploy.export_onnx import _pre_argmax_tensor
+    from lrformer_deploy.build.export import _pre_argmax_tensor
 
     proto = onnx.load(str(onnx_path))
     inner = _pre_argmax_tensor(proto)
@@ -406,7 +406,7 @@ def _with_logits(onnx_path: Path):
 def test_dynamic_batch_graph_is_static_but_for_the_batch(dynamic_export):
     import onnx
 
-    from lrformer_deploy.export_onnx import check_static_graph
+    from lrformer_deploy.build.export import check_static_graph
 
     proto = onnx.load(str(dynamic_export.onnx_path))
     for v in list(proto.graph.input) + list(proto.graph.output):

@@ -10,6 +10,7 @@ import pytest
 
 from fake_tensorrt import FakeMemory, GpuArray, Recorder, make_trt
 from lrformer_deploy.errors import UserError
+from lrformer_deploy.runtime.backends import cuda as cuda_backend
 from lrformer_deploy.runtime.backends import trt as trt_backend
 
 
@@ -21,7 +22,7 @@ def runner_factory(tmp_path, monkeypatch):
 
     def make(stream=None, **trt_kwargs):
         monkeypatch.setattr(trt_backend, "_import_tensorrt", lambda: make_trt(log, **trt_kwargs))
-        monkeypatch.setattr(trt_backend, "_make_memory", lambda dev, prefer: FakeMemory(log))
+        monkeypatch.setattr(cuda_backend, "make_memory", lambda dev, prefer: FakeMemory(log))
         return trt_backend.TensorRTRunner(engine, {"tensorrt": "10.16.1.11", "compute_capability": "8.9"},
                                           stream=stream)
 
@@ -62,7 +63,7 @@ def test_gpu_input_stream_rules(runner_factory):
     runner.infer({"image": GpuArray(256 * 9999, (1, 3, 4, 4), stream=None)})  # v3, producer says: ready
     assert "stream_wait" not in log.names()
     runner.infer({"image": GpuArray(256 * 9999, (1, 3, 4, 4))})  # v2, unknown producer: legacy default stream
-    assert [c[2] for c in log.calls if c[0] == "stream_wait"] == [trt_backend.LEGACY_DEFAULT_STREAM]
+    assert [c[2] for c in log.calls if c[0] == "stream_wait"] == [cuda_backend.LEGACY_DEFAULT_STREAM]
     log.calls.clear()
     runner.infer({"image": GpuArray(256 * 9999, (1, 3, 4, 4), stream=runner._stream_handle)})  # same stream
     assert "stream_wait" not in log.names()

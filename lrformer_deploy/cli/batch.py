@@ -18,8 +18,8 @@ import socket
 import sys
 from pathlib import Path
 
-from lrformer_deploy.cli.common import OneLineParser, parse_size, writable_folder
-from lrformer_deploy.cli.infer import _opacity, _quiet_decoders
+from lrformer_deploy.contract import BACKENDS
+from lrformer_deploy.cli.common import OneLineParser, opacity, parse_size, quiet_decoders, writable_folder
 from lrformer_deploy.errors import UserError, cli_entry
 
 
@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", required=True, metavar="DIR",
                    help="output folder: masks/, overlays/ and manifest.json")
     p.add_argument("--model", help="model: .engine, .onnx, manifest .json or .pth checkpoint (default: the demo model)")
-    p.add_argument("--backend", default="auto", choices=("auto", "tensorrt", "onnxruntime", "torch"),
+    p.add_argument("--backend", default="auto", choices=BACKENDS,
                    help="auto = TensorRT engine if usable, else ONNX Runtime CUDA, else ONNX Runtime CPU")
     p.add_argument("--device", default=None, help="auto, cpu, cuda; with onnxruntime also 'tensorrt'")
     p.add_argument("--resize", default="stretch", choices=("stretch", "keep-ratio"),
@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "the default when --overlay is not given")
     p.add_argument("--overlay", action="store_true",
                    help="write overlays to DIR/overlays (stem_seg.png, and stem_seg.mp4 per video)")
-    p.add_argument("--opacity", type=_opacity, default=0.5, help="mask opacity in the overlay (0..1, default 0.5)")
+    p.add_argument("--opacity", type=opacity, default=0.5, help="mask opacity in the overlay (0..1, default 0.5)")
     p.add_argument("--legend", action="store_true", help="draw a legend of the classes present on overlays")
     p.add_argument("--address", type=_address, default=None,
                    help="Ray cluster to join: auto, HOST:PORT or ray://HOST:PORT (default: start Ray on this machine)")
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
                                                      cpus_per_actor=args.cpus_per_actor), local=True)
     if args.address:
         _check_address(args.address)
-    _quiet_decoders()
+    quiet_decoders()
     root = Path(args.output).expanduser().resolve()
     items = plan_inputs(args.inputs, args.frames_per_task)
     _check_output(root, args.resume)  # before the model: a first-use demo export takes a while

@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import sys
 
-from ..errors import cli_entry
-from .common import OneLineParser, parse_size
+from lrformer_deploy.contract import HEADS
+from lrformer_deploy.errors import cli_entry
+from lrformer_deploy.cli.common import OneLineParser, parse_size
 
 
 def build_parser() -> OneLineParser:
@@ -20,7 +21,7 @@ def build_parser() -> OneLineParser:
     src.add_argument("--variant", help="T, S, B, L, XL or demo: random weights, exported on the fly")
     p.add_argument("--num-classes", type=int, default=150, help="classes for --variant (default 150)")
     p.add_argument("--size", type=parse_size, help="input HxW, multiples of 32 (default 512x512 for --variant/.pth)")
-    p.add_argument("--head", choices=("mask", "logits"), default="mask",
+    p.add_argument("--head", choices=HEADS, default="mask",
                    help="graph output for --variant/.pth exports (default mask: upsample + argmax in the graph)")
     p.add_argument("--batch", type=int, help="batch size (default 1; an exported graph's batch is fixed)")
     p.add_argument("--backend", default="auto", help="onnxruntime, torch, tensorrt or auto (default)")
@@ -49,7 +50,7 @@ def build_parser() -> OneLineParser:
 @cli_entry
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from ..bench import format_report, run_benchmark
+    from lrformer_deploy.bench.run import format_report, run_benchmark
 
     report = run_benchmark(
         model=args.model, variant=args.variant, num_classes=args.num_classes, size=args.size, batch=args.batch,

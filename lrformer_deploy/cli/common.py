@@ -38,3 +38,19 @@ def writable_folder(folder: Path, flag: str) -> None:
         raise UserError(f"{flag}: cannot create folder {folder}: {exc.strerror or exc}") from None
     if not os.access(folder, os.W_OK | os.X_OK):
         raise UserError(f"{flag}: cannot write to folder {folder}: permission denied")
+
+
+def opacity(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"opacity must be between 0 and 1, got {value}")
+    return value
+
+
+def quiet_decoders() -> None:
+    # FFmpeg and OpenCV print their own warnings for broken inputs; ours are clearer and one line each.
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")

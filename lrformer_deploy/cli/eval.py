@@ -24,9 +24,11 @@ from typing import Any, Callable
 
 import numpy as np
 
+from lrformer_deploy.contract import BACKENDS
 from lrformer_deploy.cli.common import OneLineParser
 from lrformer_deploy.errors import UserError, cli_entry
-from lrformer_deploy.evaluation import (
+from lrformer_deploy.runtime.backends import tensorrt_missing
+from lrformer_deploy.data.evaluation import (
     LAYOUTS, RESIZE_MODES, ModelReport, evaluate, official_test_size, open_eval_folder,
 )
 
@@ -51,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="evaluate only the first N images (sorted by name)")
     p.add_argument("--resize", default="stretch", choices=RESIZE_MODES,
                    help="how images reach the model's fixed input size (default: stretch)")
-    p.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "tensorrt", "torch"),
+    p.add_argument("--backend", default="auto", choices=BACKENDS,
                    help="auto, onnxruntime, tensorrt or torch")
     p.add_argument("--device", help="backend device, e.g. cuda:0 (default: the backend's choice)")
     p.add_argument("--num-classes", type=int,
@@ -153,8 +155,8 @@ def _check_options(args, models: list[str | None]):
         kinds.add(resolve_model(m).kind)
     if "checkpoint" in kinds and importlib.util.find_spec("torch") is None:
         raise UserError("a .pth model needs the torch package: pip install 'lrformer-deploy[export]'")
-    if args.backend == "tensorrt" and importlib.util.find_spec("tensorrt") is None:
-        raise UserError("--backend tensorrt needs the tensorrt package: pip install 'lrformer-deploy[tensorrt]'")
+    if args.backend == "tensorrt" and tensorrt_missing("run") is not None:
+        raise UserError(f"--backend tensorrt cannot run here: {tensorrt_missing('run')}")
     if args.backend in ("auto", "onnxruntime") and importlib.util.find_spec("onnxruntime") is None \
             and kinds - {"engine"}:
         raise UserError("running the model with ONNX Runtime needs the onnxruntime package: "
@@ -188,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
 def _evaluate(args, models, segs, folder, tmp: Path) -> int:
     generated = None
     if folder is None:
-        from lrformer_deploy.synthetic import write_dataset
+        from lrformer_deploy.data.synthetic import write_dataset
 
         # Scenes at the model's own input size: the demo model was trained and exported at 256x448, and
         # stretching scenes of another shape into its graph would measure the stretch, not the model.
@@ -206,7 +208,7 @@ def _evaluate(args, models, segs, folder, tmp: Path) -> int:
 
     preset = None
     if folder.dataset:
-        from lrformer_deploy.datasets import get_dataset
+        from lrformer_deploy.data.datasets import get_dataset
 
         preset = get_dataset(folder.dataset)
 

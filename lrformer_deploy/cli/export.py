@@ -11,8 +11,9 @@ import json
 import sys
 from pathlib import Path
 
-from ..errors import UserError, cli_entry
-from .common import OneLineParser, parse_size
+from lrformer_deploy.contract import CALIB_METHODS, HEADS, TARGETS
+from lrformer_deploy.errors import UserError, cli_entry
+from lrformer_deploy.cli.common import OneLineParser, parse_size
 
 _REPO_EXPORT_DIR = Path(__file__).resolve().parents[2] / "export"
 
@@ -31,7 +32,7 @@ def build_parser() -> OneLineParser:
     g.add_argument("--batch", type=parse_batch, default=1,
                    help="static batch size (default 1), or dynamic:MAX for a batch dim 1..MAX (Triton batching)")
     g.add_argument("--opset", type=int, default=17, help="ONNX opset, >= 17 (default 17)")
-    g.add_argument("--head", choices=("mask", "logits"), help="mask: class ids at input size (default); logits: stride-8 scores")
+    g.add_argument("--head", choices=HEADS, help="mask: class ids at input size (default); logits: stride-8 scores")
     g.add_argument("--output-dir", default="engines", help="where artifacts go (default engines/)")
     g.add_argument("--name", help="artifact stem (default lrformer-<variant>-<dataset>-<H>x<W>)")
     q = p.add_argument_group("precision (decided in the graph, checked with ONNX Runtime on the CPU)")
@@ -39,7 +40,7 @@ def build_parser() -> OneLineParser:
     q.add_argument("--int8", action="store_true", help="also write an explicit Q/DQ INT8 graph (needs --calib)")
     q.add_argument("--calib", help="calibration data: a folder of images or a video file")
     q.add_argument("--calib-count", type=int, default=32, help="calibration frames (default 32)")
-    q.add_argument("--calib-method", choices=("entropy", "percentile", "minmax"), default="entropy")
+    q.add_argument("--calib-method", choices=CALIB_METHODS, default="entropy")
     q.add_argument("--min-agreement", type=float,
                    help="fail when the reduced-precision mask agrees with FP32 on fewer pixels than this fraction")
     e = p.add_argument_group("TensorRT engine")
@@ -50,7 +51,7 @@ def build_parser() -> OneLineParser:
     ex = e.add_mutually_exclusive_group()
     ex.add_argument("--engine", action="store_true", help="fail unless the engine is built")
     ex.add_argument("--no-engine", action="store_true", help="write ONNX artifacts only")
-    p.add_argument("--target", choices=("tensorrt", "cpu"), default="tensorrt",
+    p.add_argument("--target", choices=TARGETS, default="tensorrt",
                    help="what the graphs are shaped for: tensorrt (default; GPU) or cpu (ONNX Runtime on a CPU); "
                         "recorded in the manifest")
     p.add_argument("--triton", metavar="DIR", help="also write a Triton model repository into DIR (see lrformer-triton)")
@@ -84,7 +85,7 @@ def load_preset(name: str) -> dict:
 
 def request_from_args(args):
     """The parsed arguments as a lrformer_deploy.build.BuildRequest."""
-    from ..build import BuildRequest
+    from lrformer_deploy.build import BuildRequest
 
     preset = load_preset(args.preset) if args.preset else None
     precisions = tuple(p for p, on in (("fp16", args.fp16), ("int8", args.int8)) if on)
@@ -108,11 +109,11 @@ def request_from_args(args):
 @cli_entry
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from ..build import build
+    from lrformer_deploy.build import build
 
     request = request_from_args(args)
     if args.triton:
-        from ..triton.repository import check_repository_dir
+        from lrformer_deploy.triton.repository import check_repository_dir
 
         check_repository_dir(Path(args.triton))
     result = build(request)  # validates everything before loading the model
@@ -144,7 +145,7 @@ def main(argv=None) -> int:
             continue
         summary.setdefault("engines", []).append(line)
     if args.triton:
-        from ..triton.repository import write_repository
+        from lrformer_deploy.triton.repository import write_repository
 
         last = result[next(p for p in ("int8", "fp16", "fp32") if p in result.artifacts)]
         repo = write_repository(last.manifest_path, Path(args.triton))

@@ -21,19 +21,10 @@ import os
 import sys
 from pathlib import Path
 
+from lrformer_deploy.contract import BACKENDS
 from lrformer_deploy import atomic
-from lrformer_deploy.cli.common import OneLineParser, parse_size, writable_folder
+from lrformer_deploy.cli.common import OneLineParser, opacity, parse_size, quiet_decoders, writable_folder
 from lrformer_deploy.errors import UserError, cli_entry
-
-
-def _opacity(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"opacity must be between 0 and 1, got {value}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("input", help="image, folder, glob ('imgs/*.jpg'), video file, webcam index (0) or stream URL")
     p.add_argument("--model", help="model: .engine, .onnx, manifest .json or .pth checkpoint (default: the demo model)")
-    p.add_argument("--backend", default="auto", choices=("auto", "tensorrt", "onnxruntime", "torch"),
+    p.add_argument("--backend", default="auto", choices=BACKENDS,
                    help="auto = TensorRT engine if usable, else ONNX Runtime CUDA, else ONNX Runtime CPU")
     p.add_argument("--device", default=None,
                    help="auto, cpu, cuda, cuda:N; with onnxruntime also 'tensorrt' (its TensorRT provider)")
@@ -54,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", help="overlay output: a file (image/video) or, for folders, a folder")
     p.add_argument("--no-overlay", action="store_true", help="do not write overlay images/videos")
     p.add_argument("--save-mask", metavar="DIR", help="write class-id PNG masks (stem.png, or stem_000123.png for video)")
-    p.add_argument("--opacity", type=_opacity, default=0.5, help="mask opacity in the overlay (0..1, default 0.5)")
+    p.add_argument("--opacity", type=opacity, default=0.5, help="mask opacity in the overlay (0..1, default 0.5)")
     p.add_argument("--legend", action="store_true", help="draw a legend of the classes present")
     p.add_argument("--show", action="store_true", help="show the overlay in a window (q/Esc stops)")
     p.add_argument("--json", metavar="PATH", help="write a JSON summary (timings, latency, FPS) to PATH, '-' for stdout")
@@ -117,12 +108,6 @@ def plan_outputs(source, args: argparse.Namespace):
     return out
 
 
-def _quiet_decoders() -> None:
-    # FFmpeg and OpenCV print their own warnings for broken inputs; ours are clearer and one line each.
-    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
-    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
-
-
 def _need(module: str, why: str, extra: str) -> None:
     if importlib.util.find_spec(module) is None:
         raise UserError(f"{why} needs the {module} package: pip install 'lrformer-deploy[{extra}]'")
@@ -146,9 +131,9 @@ def _check_options(args: argparse.Namespace) -> None:
     if args.input_size is not None and (args.input_size[0] % 32 or args.input_size[1] % 32):
         raise UserError(f"--input-size {args.input_size[0]}x{args.input_size[1]} must be a multiple of 32 on both sides")
     if args.show:
-        from lrformer_deploy.runtime.pipeline import _open_window
+        from lrformer_deploy.runtime.pipeline import open_window
 
-        _open_window()
+        open_window()
 
 
 def _writable_file(path: Path, flag: str) -> None:
@@ -194,7 +179,7 @@ def _kept_line(exc: KeyboardInterrupt, partial, outputs) -> str:
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _quiet_decoders()
+    quiet_decoders()
     # One validation pass: options, model file, packages, input, every output location, locks. Only then
     # is the model loaded.
     _check_options(args)

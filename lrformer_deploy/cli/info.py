@@ -5,8 +5,8 @@ import json
 import sys
 from pathlib import Path
 
-from ..errors import UserError, cli_entry
-from .common import OneLineParser, parse_size
+from lrformer_deploy.errors import UserError, cli_entry
+from lrformer_deploy.cli.common import OneLineParser, parse_size
 
 
 def build_parser() -> OneLineParser:
@@ -33,13 +33,13 @@ def main(argv=None) -> int:
         raise UserError(f"--num-classes must be positive, got {args.num_classes}")
     if args.ckpt and not Path(args.ckpt).is_file():
         raise UserError(f"checkpoint not found: {args.ckpt}")
-    from ..export_onnx import check_export_size
-    from ..info import model_info
-    from ..model import build_model, get_config
+    from lrformer_deploy.contract import check_export_size
+    from lrformer_deploy.model.info import model_info
+    from lrformer_deploy.model.lrformer import build_model, get_config
 
     check_export_size(args.size)
     if args.ckpt:
-        from ..checkpoint import load_checkpoint
+        from lrformer_deploy.model.checkpoint import load_checkpoint
 
         # Like lrformer-export: a forced class count must match the checkpoint's tensors.
         model = load_checkpoint(args.ckpt, num_classes=args.num_classes, verbose=False)

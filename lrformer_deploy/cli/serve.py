@@ -6,8 +6,8 @@ import socket
 import sys
 import time
 
-from ..errors import UserError, cli_entry
-from .common import OneLineParser
+from lrformer_deploy.errors import UserError, cli_entry
+from lrformer_deploy.cli.common import OneLineParser
 
 
 def build_parser() -> OneLineParser:
@@ -55,8 +55,8 @@ def main(argv=None) -> int:
         raise UserError("the HTTP, gRPC and metrics ports must differ")
     for flag, port in ports:
         _check_port(args.host, port, flag)
-    from ..runtime.spec import resolve_model
-    from ..triton.serve import Server, require_pytriton
+    from lrformer_deploy.runtime.spec import resolve_model
+    from lrformer_deploy.triton.serve import Server, require_pytriton
 
     require_pytriton()
     if args.model is not None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ..errors import UserError, cli_entry
-from .common import OneLineParser
+from lrformer_deploy.errors import UserError, cli_entry
+from lrformer_deploy.cli.common import OneLineParser
 
 
 def build_parser() -> OneLineParser:
@@ -37,7 +37,7 @@ def main(argv=None) -> int:
             raise UserError(f"--{flag.replace('_', '-')} must be at least 1")
     if args.threads < 0:
         raise UserError("--threads must be 0 or more")
-    from ..triton.repository import check_repository_dir, write_repository
+    from lrformer_deploy.triton.repository import check_repository_dir, write_repository
 
     check_repository_dir(Path(args.repository))
     repo = write_repository(manifest, Path(args.repository), args.name, frames_max_batch=args.frames_max_batch,

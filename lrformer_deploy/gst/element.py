@@ -30,9 +30,10 @@ gi.require_version("GstBase", "1.0")
 gi.require_version("GstVideo", "1.0")
 from gi.repository import GLib, GObject, Gst, GstBase, GstVideo  # noqa: E402
 
+from lrformer_deploy.contract import BACKENDS  # noqa: E402
+
 MODES = ("overlay", "mask", "both")
 RESIZES = ("stretch", "keep-ratio")
-BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
 FORMATS = ("BGR", "RGB")
 
 _RAW = Gst.Caps.from_string(f"video/x-raw,format={{{','.join(FORMATS)}}},"

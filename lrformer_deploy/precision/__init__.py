@@ -11,12 +11,14 @@
 
 No torch anywhere here; onnx and onnxruntime are imported inside the functions.
 """
-from .accuracy import DEFAULT_MIN_AGREEMENT, AccuracyBelowThreshold, accuracy_report
-from .calibration import load_calibration_frames
-from .fp16 import POLICY_FP32_OPS, convert_fp16
-from .int8 import METHODS as CALIBRATION_METHODS
-from .int8 import TARGETS, quantize_int8
-from .pipeline import PRECISIONS, make_precision_graph, output_path
+from lrformer_deploy.contract import CALIB_METHODS as CALIBRATION_METHODS
+from lrformer_deploy.contract import REDUCED_PRECISIONS as PRECISIONS
+from lrformer_deploy.contract import TARGETS
+from lrformer_deploy.precision.accuracy import DEFAULT_MIN_AGREEMENT, AccuracyBelowThreshold, accuracy_report
+from lrformer_deploy.precision.calibration import load_calibration_frames
+from lrformer_deploy.precision.fp16 import POLICY_FP32_OPS, convert_fp16
+from lrformer_deploy.precision.int8 import quantize_int8
+from lrformer_deploy.precision.pipeline import make_precision_graph, output_path
 
 __all__ = [
     "AccuracyBelowThreshold",

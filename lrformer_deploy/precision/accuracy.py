@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UserError
+from lrformer_deploy.errors import UserError
 
 DEFAULT_MIN_AGREEMENT = {"fp16": 0.995, "int8": 0.98}
 
@@ -123,8 +123,8 @@ def accuracy_report(
     min_agreement: mask agreement below it raises UserError; None takes DEFAULT_MIN_AGREEMENT[precision]
     (no check when neither is given). Returns the dict stored in the manifest's precision_details.
     """
-    from .fp16 import _batches
-    from .measure import progress
+    from lrformer_deploy.precision.fp16 import batches
+    from lrformer_deploy.precision.measure import progress
 
     inputs = np.asarray(inputs, dtype=np.float32)
     if inputs.ndim != 4 or len(inputs) == 0:
@@ -145,7 +145,7 @@ def accuracy_report(
     near_tie_disagreements = disagreements = 0
     t_ref, t_test = [], []
     bar = progress(len(inputs), "accuracy check", quiet)
-    for batch in _batches(inputs, ref_in.shape):
+    for batch in batches(inputs, ref_in.shape):
         t = time.perf_counter()
         ref_out = dict(zip([o.name for o in ref_sess.get_outputs()], ref_sess.run(None, {ref_in.name: batch})))
         t_ref.append(time.perf_counter() - t)

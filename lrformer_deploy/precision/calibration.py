@@ -13,20 +13,18 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from ..errors import UserError
+from lrformer_deploy.contract import IMAGENET_MEAN, IMAGENET_STD
+from lrformer_deploy.errors import UserError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
 
-# The official evaluation's normalisation (RGB, 0..255 scale); callers pass the manifest's values.
-DEFAULT_MEAN = (123.675, 116.28, 103.53)
-DEFAULT_STD = (58.395, 57.12, 57.375)
 
 
 def preprocessor(size: tuple[int, int], mean: Sequence[float], std: Sequence[float]):
     """The runtime's own preprocessing (stretch to `size` = (H, W), BGR->RGB, (x-mean)/std, CHW), so
     calibration sees exactly what inference feeds the graph."""
-    from ..runtime.preprocess import Preprocessor
+    from lrformer_deploy.runtime.preprocess import Preprocessor
 
     prep = Preprocessor(tuple(size), tuple(mean), tuple(std), "RGB", "stretch")
     return lambda bgr: prep(bgr)[0]
@@ -154,8 +152,8 @@ def iter_calibration_frames(
     source: str | os.PathLike | np.ndarray,
     count: int,
     size: tuple[int, int],
-    mean: Sequence[float] = DEFAULT_MEAN,
-    std: Sequence[float] = DEFAULT_STD,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
     holdout_of: int | None = None,
 ) -> Iterator[np.ndarray]:
     """Preprocessed 3 x H x W float32 frames, decoded one at a time (memory independent of `count`).
@@ -192,8 +190,8 @@ def load_calibration_frames(
     path: str | os.PathLike,
     count: int,
     size: tuple[int, int],
-    mean: Sequence[float] = DEFAULT_MEAN,
-    std: Sequence[float] = DEFAULT_STD,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
     holdout_of: int | None = None,
 ) -> np.ndarray:
     """Calibration inputs as an N x 3 x H x W float32 array (N <= count), `size` = (H, W) of the graph.

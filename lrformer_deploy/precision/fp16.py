@@ -14,6 +14,9 @@ graph gives it. So this pass writes the precision into the graph:
    an FP32 region meet, graph input "image" and the outputs keep their FP32/INT32 types.
 
 The returned dict (decisions, reasons, measured ranges) is stored in the manifest's precision_details.
+
+Why one module of ~500 lines: the policy, the plan it produces and the graph edit that applies it are
+one decision read top to bottom, and int8.py reuses the plan and the edit for its float remainder.
 """
 from __future__ import annotations
 
@@ -25,8 +28,8 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-from ..errors import UserError
-from .measure import TensorStats, _r, float_types, stream, tensor_bytes
+from lrformer_deploy.errors import UserError
+from lrformer_deploy.precision.measure import TensorStats, float_types, sig4, stream, tensor_bytes
 
 FP16_MAX = 65504.0
 FP16_MIN_NORMAL = 6.103515625e-05
@@ -97,7 +100,7 @@ def _frames(inputs) -> Iterable[np.ndarray]:
     return iter(inputs)
 
 
-def _batches(inputs, shape) -> Iterable[np.ndarray]:
+def batches(inputs, shape) -> Iterable[np.ndarray]:
     """Split N x ... inputs into the graph's static batch size (1 when the batch dim is symbolic)."""
     batch = shape[0] if shape and isinstance(shape[0], int) and shape[0] > 0 else 1
     if isinstance(inputs, np.ndarray):
@@ -108,11 +111,11 @@ def _batches(inputs, shape) -> Iterable[np.ndarray]:
             yield arr[i:i + batch]
     else:
         for item in inputs:
-            yield from _batches(np.asarray(item), shape)
+            yield from batches(np.asarray(item), shape)
 
 
 @dataclass
-class _Plan:
+class Plan:
     half: bool
     half_inputs: set[int] = field(default_factory=set)
     half_outputs: set[int] = field(default_factory=set)
@@ -159,7 +162,7 @@ def plan_precision(
     rounding_threshold: float = ROUNDING_THRESHOLD,
     keep_fp32_ops: Mapping[str, str] | None = None,
     keep_fp32_nodes: Iterable[str] = (),
-) -> dict[str, _Plan]:
+) -> dict[str, Plan]:
     """Decide per node: FP16 (with which inputs/outputs turn float16) or FP32 (with a reason)."""
     import onnx.defs
     from onnx import TensorProto
@@ -178,47 +181,47 @@ def plan_precision(
         if s.nonfinite:
             return f"measured: tensor '{name}' has inf/nan in FP32"
         if s.max_abs > overflow_threshold:
-            return f"measured: tensor '{name}' reaches |x| = {_r(s.max_abs)} > {overflow_threshold:g} (FP16 overflow)"
+            return f"measured: tensor '{name}' reaches |x| = {sig4(s.max_abs)} > {overflow_threshold:g} (FP16 overflow)"
         if s.rel_err > rounding_threshold:
-            return (f"measured: tensor '{name}' loses {_r(s.rel_err)} relative to FP16 rounding "
-                    f"(> {rounding_threshold:g}; values below FP16's normal range, max |x| = {_r(s.max_abs)})")
+            return (f"measured: tensor '{name}' loses {sig4(s.rel_err)} relative to FP16 rounding "
+                    f"(> {rounding_threshold:g}; values below FP16's normal range, max |x| = {sig4(s.max_abs)})")
         return ""
 
-    plans: dict[str, _Plan] = {}
+    plans: dict[str, Plan] = {}
     for node in model.graph.node:
         float_in = [i for i, t in enumerate(node.input) if t and types.get(t) == FLOAT]
         float_out = [i for i, t in enumerate(node.output) if t and types.get(t) == FLOAT]
         if not float_in and not float_out:
-            plans[node.name] = _Plan(False, category="neutral", reason="no float tensors")
+            plans[node.name] = Plan(False, category="neutral", reason="no float tensors")
             continue
         if node.op_type in ("Cast", "CastLike"):
-            plans[node.name] = _Plan(False, category="boundary", reason="existing Cast keeps its target type")
+            plans[node.name] = Plan(False, category="boundary", reason="existing Cast keeps its target type")
             continue
         if node.op_type == "Constant":
-            plans[node.name] = _Plan(False, category="constant", reason="constant (converted if all consumers are FP16)")
+            plans[node.name] = Plan(False, category="constant", reason="constant (converted if all consumers are FP16)")
             continue
         if node.name in forced:
-            plans[node.name] = _Plan(False, category="requested", reason="kept in FP32 on request")
+            plans[node.name] = Plan(False, category="requested", reason="kept in FP32 on request")
             continue
         if node.op_type in policy and node.domain in ("", "ai.onnx"):
-            plans[node.name] = _Plan(False, category="policy", reason=f"policy: {policy[node.op_type]}")
+            plans[node.name] = Plan(False, category="policy", reason=f"policy: {policy[node.op_type]}")
             continue
         if node.name in heads:
-            plans[node.name] = _Plan(False, category="head", reason=f"policy: {HEAD_RESIZE_REASON}")
+            plans[node.name] = Plan(False, category="head", reason=f"policy: {HEAD_RESIZE_REASON}")
             continue
         if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
-            plans[node.name] = _Plan(False, category="unsupported", reason="control flow: subgraphs stay as exported")
+            plans[node.name] = Plan(False, category="unsupported", reason="control flow: subgraphs stay as exported")
             continue
         try:
             schema = onnx.defs.get_schema(node.op_type, opset, node.domain or "")
         except Exception:  # unknown or custom op
-            plans[node.name] = _Plan(False, category="unsupported", reason=f"no ONNX schema for {node.domain}:{node.op_type}")
+            plans[node.name] = Plan(False, category="unsupported", reason=f"no ONNX schema for {node.domain}:{node.op_type}")
             continue
         fin, fout = _formal_types(schema, len(node.input), len(node.output))
         main = fout[0] if fout else ""
         allowed = {tc.type_param_str: set(tc.allowed_type_strs) for tc in schema.type_constraints}
         if main not in allowed or "tensor(float16)" not in allowed[main]:
-            plans[node.name] = _Plan(False, category="unsupported", reason=f"{node.op_type} has no float16 variant")
+            plans[node.name] = Plan(False, category="unsupported", reason=f"{node.op_type} has no float16 variant")
             continue
         if node.op_type == "BatchNormalization":  # scale/bias/mean/var follow X in practice (TensorRT folds them)
             half_in = set(float_in)
@@ -226,7 +229,7 @@ def plan_precision(
             half_in = {i for i in float_in if fin[i] == main}
         half_out = {i for i in float_out if fout[i] == main}
         if any(t and types.get(t) is None for t in node.output):
-            plans[node.name] = _Plan(False, category="unsupported", reason="output dtype unknown after shape inference")
+            plans[node.name] = Plan(False, category="unsupported", reason="output dtype unknown after shape inference")
             continue
         why = ""
         for t in [node.input[i] for i in sorted(half_in)] + [node.output[i] for i in sorted(half_out)]:
@@ -234,9 +237,9 @@ def plan_precision(
             if why:
                 break
         if why:
-            plans[node.name] = _Plan(False, category="measured", reason=why)
+            plans[node.name] = Plan(False, category="measured", reason=why)
             continue
-        plans[node.name] = _Plan(True, half_in, half_out, reason="fp16", category="fp16")
+        plans[node.name] = Plan(True, half_in, half_out, reason="fp16", category="fp16")
     return plans
 
 
@@ -255,7 +258,7 @@ def fp16_candidate_tensors(model, keep_fp32_ops: Mapping[str, str] | None = None
     return wanted
 
 
-def _name_nodes(model) -> None:
+def name_nodes(model) -> None:
     seen = set()
     for i, node in enumerate(model.graph.node):
         if not node.name or node.name in seen:
@@ -263,7 +266,7 @@ def _name_nodes(model) -> None:
         seen.add(node.name)
 
 
-def apply_precision(model, plans: Mapping[str, _Plan]) -> tuple[object, int]:
+def apply_precision(model, plans: Mapping[str, Plan]) -> tuple[object, int]:
     """Rewrite `model` (in place) per the plans: float16 weights, Casts at region boundaries."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -390,8 +393,8 @@ def kept_fp32_record(model, plans, stats) -> list[dict]:
         weights = [stats[t].max_abs for t in node.input if t in stats and t in init_names]
         kept.append({
             "node": node.name, "op": node.op_type, "category": p.category, "reason": p.reason,
-            "max_abs_in": _r(max(ins)) if ins else None, "max_abs_out": _r(max(outs)) if outs else None,
-            "max_abs_weights": _r(max(weights)) if weights else None,
+            "max_abs_in": sig4(max(ins)) if ins else None, "max_abs_out": sig4(max(outs)) if outs else None,
+            "max_abs_weights": sig4(max(weights)) if weights else None,
         })
     return kept
 
@@ -425,7 +428,7 @@ def convert_fp16(
     import onnx
     import onnxruntime as ort
 
-    from .macs import precision_census
+    from lrformer_deploy.precision.macs import precision_census
 
     t0 = time.perf_counter()
     fp32_onnx, out_onnx = Path(fp32_onnx), Path(out_onnx)
@@ -437,7 +440,7 @@ def convert_fp16(
             raise UserError("FP16 conversion needs at least one calibration input (N x 3 x H x W).")
         count = len(calib_inputs)
     model = _load(fp32_onnx)
-    _name_nodes(model)
+    name_nodes(model)
     first = []
 
     def keep_first(frames):
@@ -487,7 +490,7 @@ def convert_fp16(
         "fp32_op_counts": full_ops,
         "kept_fp32": kept,
         "flagged_tensors": flagged,
-        "max_abs_overall": _r(overall),
+        "max_abs_overall": sig4(overall),
         "casts_inserted": casts,
         "compute": census,
         "onnx": out_onnx.name,

@@ -40,6 +40,10 @@ Calibration ranges (and the FP16 statistics) are cached next to the artifact (NA
 keyed by the FP32 graph's sha256, the calibration source (file names + sizes + mtimes, or the array's
 content hash), method, count, input size, mean/std, placement and the ONNX Runtime version; a
 matching cache skips frame decoding and calibration entirely.
+
+Why one module of ~570 lines: placement, calibration cache and the Q/DQ rewrite share the placement
+record (what was kept float and why) that the manifest stores; ranges.py and measure.py already hold
+the parts that stand alone (histograms, the streaming pass).
 """
 from __future__ import annotations
 
@@ -56,18 +60,17 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from ..errors import UserError
-from ..manifest import sha256_file
-from ..atomic import atomic_output, write_text
-from .calibration import DEFAULT_MEAN, DEFAULT_STD, source_fingerprint
-from .measure import COLLECT_SAMPLE
-from .ranges import RangeCollector
+from lrformer_deploy.errors import UserError
+from lrformer_deploy.manifest import sha256_file
+from lrformer_deploy.atomic import atomic_output, write_text
+from lrformer_deploy.contract import CALIB_METHODS, IMAGENET_MEAN, IMAGENET_STD, TARGETS, graph_input
+from lrformer_deploy.precision.calibration import source_fingerprint
+from lrformer_deploy.precision.measure import COLLECT_SAMPLE
+from lrformer_deploy.precision.ranges import RangeCollector
 
-METHODS = ("entropy", "percentile", "minmax")
 QUANTIZED_OP_TYPES = ("Conv", "MatMul", "Gemm")
 CACHE_FORMAT = "lrformer-deploy-int8-calibration"
 CACHE_VERSION = 3  # 2: streaming collection, new placement, FP16 statistics; 3: sampled histograms (ranges.py)
-TARGETS = ("tensorrt", "cpu")
 QDQ_OPSET = 19  # FP16 scales on QuantizeLinear/DequantizeLinear
 
 
@@ -94,11 +97,8 @@ def graph_sha256(path: Path) -> str:
 def _graph_input(path: Path) -> tuple[str, list]:
     import onnx
 
-    model = onnx.load(str(path), load_external_data=False)
-    inits = {i.name for i in model.graph.initializer}
-    inp = [i for i in model.graph.input if i.name not in inits][0]
-    dims = [d.dim_value if d.HasField("dim_value") else None for d in inp.type.tensor_type.shape.dim]
-    return inp.name, dims
+    name, dims = graph_input(onnx.load(str(path), load_external_data=False))
+    return name, [d if isinstance(d, int) else None for d in dims]
 
 
 def activation_matmuls(model) -> list[str]:
@@ -292,7 +292,7 @@ def _stats_to_json(stats) -> dict:
 
 
 def _stats_from_json(data) -> dict:
-    from .measure import TensorStats
+    from lrformer_deploy.precision.measure import TensorStats
 
     return {k: TensorStats(float(a), float(b), float(c), bool(d)) for k, (a, b, c, d) in data.items()}
 
@@ -302,12 +302,12 @@ def fp16_form(qmodel, stats):
     its input's type, DQ produces what its consumers read. Returns (model, kept_fp32 record)."""
     import onnx
 
-    from .fp16 import _name_nodes, _Plan, apply_precision, kept_fp32_record, plan_precision
+    from lrformer_deploy.precision.fp16 import name_nodes, Plan, apply_precision, kept_fp32_record, plan_precision
 
     if next((o.version for o in qmodel.opset_import if o.domain in ("", "ai.onnx")), 17) < QDQ_OPSET:
         qmodel = onnx.version_converter.convert_version(qmodel, QDQ_OPSET)
     qmodel = onnx.shape_inference.infer_shapes(qmodel, strict_mode=False, data_prop=True)
-    _name_nodes(qmodel)
+    name_nodes(qmodel)
     plans = plan_precision(qmodel, stats)
     g = qmodel.graph
     producer = {o: n for n in g.node for o in n.output}
@@ -320,13 +320,13 @@ def fp16_form(qmodel, stats):
             src = producer.get(n.input[0])
             sp = plans.get(src.name) if src is not None else None
             half = bool(sp and sp.half and list(src.output).index(n.input[0]) in sp.half_outputs)
-            plans[n.name] = _Plan(half, {0, 1} if half else set(), set(), category="qdq",
+            plans[n.name] = Plan(half, {0, 1} if half else set(), set(), category="qdq",
                                   reason="follows its input's type")
     for n in g.node:
         if n.op_type == "DequantizeLinear":
             users = consumers.get(n.output[0], [])
             half = bool(users) and all(plans[u.name].half and i in plans[u.name].half_inputs for u, i in users)
-            plans[n.name] = _Plan(half, {1} if half else set(), {0} if half else set(), category="qdq",
+            plans[n.name] = Plan(half, {1} if half else set(), {0} if half else set(), category="qdq",
                                   reason="produces its consumers' type")
     kept = kept_fp32_record(qmodel, plans, stats)
     qmodel, _ = apply_precision(qmodel, plans)
@@ -342,8 +342,8 @@ def quantize_int8(
     cache_dir: str | Path | None = None,
     *,
     size: tuple[int, int] | None = None,
-    mean: Sequence[float] = DEFAULT_MEAN,
-    std: Sequence[float] = DEFAULT_STD,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
     percentile: float = 99.99,
     entropy_bins: int = 512,
     quantize_attention: bool = False,
@@ -371,17 +371,17 @@ def quantize_int8(
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.calibrate import save_tensors_data
 
-    from .fp16 import _name_nodes, fp16_candidate_tensors
-    from .macs import precision_census
-    from .measure import stream
+    from lrformer_deploy.precision.fp16 import name_nodes, fp16_candidate_tensors
+    from lrformer_deploy.precision.macs import precision_census
+    from lrformer_deploy.precision.measure import stream
 
     t_start = time.perf_counter()
     fp32_onnx, out_onnx = Path(fp32_onnx), Path(out_onnx)
     if not fp32_onnx.is_file():
         raise UserError(f"FP32 ONNX {fp32_onnx} does not exist.")
     method = method.lower()
-    if method not in METHODS:
-        raise UserError(f"unknown calibration method {method!r}; choose one of {', '.join(METHODS)}.")
+    if method not in CALIB_METHODS:
+        raise UserError(f"unknown calibration method {method!r}; choose one of {', '.join(CALIB_METHODS)}.")
     if target not in TARGETS:
         raise UserError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}.")
     if count < 1:
@@ -427,7 +427,7 @@ def quantize_int8(
         if not pre_process:
             _copy_graph(fp32_onnx, pre_path)
         model = onnx.shape_inference.infer_shapes(onnx.load(str(pre_path)), strict_mode=False, data_prop=True)
-        _name_nodes(model)
+        name_nodes(model)
         onnx.save(model, str(pre_path))  # node names are what nodes_to_quantize refers to
         to_quantize, excluded = placement(model, quantize_attention, keep_float_nodes, keep_sensitive_float)
         tensors = list(dict.fromkeys(t for ts in to_quantize.values() for t in ts))
@@ -440,7 +440,7 @@ def quantize_int8(
             n_frames = cached.get("frames")
             stats = _stats_from_json(cached.get("fp16_stats") or {})
         else:
-            from .calibration import count_calibration_frames, iter_calibration_frames
+            from lrformer_deploy.precision.calibration import count_calibration_frames, iter_calibration_frames
 
             total = min(count, len(calib_source)) if isinstance(calib_source, np.ndarray) else \
                 count_calibration_frames(calib_source, count)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import collections
 import sys
 from dataclasses import dataclass
-from typing import Callable, Iterable, Mapping, NamedTuple, Sequence
+from typing import Callable, Iterable, NamedTuple, Sequence
 
 import numpy as np
 
@@ -81,10 +81,11 @@ class TensorStats:
         return float(np.sqrt(self.sq_err / self.sq_sum)) if self.sq_sum > 0 else 0.0
 
     def as_dict(self) -> dict:
-        return {"max_abs": _r(self.max_abs), "fp16_rel_err": _r(self.rel_err)}
+        return {"max_abs": sig4(self.max_abs), "fp16_rel_err": sig4(self.rel_err)}
 
 
-def _r(v: float) -> float:
+def sig4(v: float) -> float:
+    """`v` rounded to 4 significant digits (what the manifests record)."""
     return float(f"{v:.4g}")
 
 

@@ -8,7 +8,7 @@ Inputs: `calib` is a folder of images or a video file. The graph is converted/ca
 `calib_count` frames sampled evenly; its accuracy is then checked on `check_count` OTHER frames of the
 same source (midpoints between calibration frames) so the check is not done on the data that set the
 ranges; a source too short to hold frames back is checked on the calibration frames (recorded).
-Without `calib`, FP16 measures on procedural synthetic scenes (lrformer_deploy.synthetic) and says so;
+Without `calib`, FP16 measures on procedural synthetic scenes (lrformer_deploy.data.synthetic) and says so;
 INT8 requires real calibration data.
 
 Frames are decoded and measured one at a time (memory does not grow with calib_count). `target`
@@ -25,22 +25,18 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import UserError
-from .accuracy import DEFAULT_MIN_AGREEMENT, AccuracyBelowThreshold, accuracy_report
-from .calibration import (
-    DEFAULT_MEAN,
-    DEFAULT_STD,
+from lrformer_deploy.contract import IMAGENET_MEAN, IMAGENET_STD, REDUCED_PRECISIONS, TARGETS, graph_size
+from lrformer_deploy.errors import UserError
+from lrformer_deploy.precision.accuracy import DEFAULT_MIN_AGREEMENT, AccuracyBelowThreshold, accuracy_report
+from lrformer_deploy.precision.calibration import (
     count_calibration_frames,
     iter_calibration_frames,
     load_calibration_frames,
     preprocessor,
 )
-from .fp16 import convert_fp16
-from .int8 import TARGETS, quantize_int8
-from .macs import census_line
-
-PRECISIONS = ("fp16", "int8")
-
+from lrformer_deploy.precision.fp16 import convert_fp16
+from lrformer_deploy.precision.int8 import quantize_int8
+from lrformer_deploy.precision.macs import census_line
 
 def output_path(fp32_onnx: str | Path, precision: str) -> Path:
     """NAME.onnx -> NAME-fp16.onnx / NAME-int8.onnx (the contract's file names)."""
@@ -51,17 +47,11 @@ def output_path(fp32_onnx: str | Path, precision: str) -> Path:
 def _graph_size(fp32_onnx: Path) -> tuple[int, int]:
     import onnx
 
-    model = onnx.load(str(fp32_onnx), load_external_data=False)
-    inits = {i.name for i in model.graph.initializer}
-    inp = [i for i in model.graph.input if i.name not in inits][0]
-    dims = [d.dim_value for d in inp.type.tensor_type.shape.dim]
-    if len(dims) != 4 or dims[2] <= 0 or dims[3] <= 0:
-        raise UserError(f"{fp32_onnx.name}: the input has no static H, W.")
-    return dims[2], dims[3]
+    return graph_size(onnx.load(str(fp32_onnx), load_external_data=False), fp32_onnx.name)
 
 
 def _synthetic_frames(count: int, size, mean, std) -> np.ndarray:
-    from ..synthetic import generate_scene
+    from lrformer_deploy.data.synthetic import generate_scene
 
     prep = preprocessor(size, mean, std)
     return np.stack([prep(generate_scene(1000 + i, (max(size[0], 32), max(size[1], 32)))[0])
@@ -78,8 +68,8 @@ def make_precision_graph(
     check_count: int = 8,
     out_onnx: str | Path | None = None,
     cache_dir: str | Path | None = None,
-    mean: Sequence[float] = DEFAULT_MEAN,
-    std: Sequence[float] = DEFAULT_STD,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
     min_agreement: float | None = None,
     target: str = "tensorrt",
     quiet: bool = False,
@@ -91,8 +81,8 @@ def make_precision_graph(
     place for inspection.
     """
     fp32_onnx = Path(fp32_onnx)
-    if precision not in PRECISIONS:
-        raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}.")
+    if precision not in REDUCED_PRECISIONS:
+        raise UserError(f"precision must be one of {', '.join(REDUCED_PRECISIONS)}, got {precision!r}.")
     if target not in TARGETS:
         raise UserError(f"target must be one of {', '.join(TARGETS)}, got {target!r}.")
     if not fp32_onnx.is_file():

@@ -22,8 +22,8 @@ from typing import Mapping
 
 import numpy as np
 
-from ..cpus import usable_cpus
-from .measure import Sampled
+from lrformer_deploy.cpus import usable_cpus
+from lrformer_deploy.precision.measure import Sampled
 
 
 def uniform_histogram(x: np.ndarray, bins: int, lo: float, hi: float) -> np.ndarray:

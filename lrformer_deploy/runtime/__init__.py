@@ -9,8 +9,7 @@ loaded on first use.
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from lrformer_deploy.lazy import lazy_exports
 
 _EXPORTS = {
     "Segmenter": "lrformer_deploy.runtime.segmenter",
@@ -29,16 +28,4 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'lrformer_deploy.runtime' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)

@@ -288,7 +288,7 @@ def run_pipeline(segmenter: Any, source: Source, outputs: Outputs, options: Pipe
                 writer_done.set()
 
     if options.show:
-        _open_window()
+        open_window()
     outputs.open()
     progress = Progress(source.frame_count, stream, options.progress)
     threads = [threading.Thread(target=fn, name=f"lrformer-{fn.__name__}", daemon=True)
@@ -350,7 +350,7 @@ def _signals_deferred():
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
-def _open_window() -> None:
+def open_window() -> None:
     import cv2
 
     try:

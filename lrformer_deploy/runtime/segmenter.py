@@ -10,7 +10,6 @@ then ONNX Runtime on CUDA when the installed onnxruntime offers it, then ONNX Ru
 """
 from __future__ import annotations
 
-import importlib.util
 import shutil
 import sys
 import tempfile
@@ -22,41 +21,35 @@ from typing import Any
 
 import numpy as np
 
+from lrformer_deploy.contract import BACKENDS, default_palette
 from lrformer_deploy.errors import UserError
+from lrformer_deploy.runtime.backends import tensorrt_missing
 from lrformer_deploy.runtime.backends.base import Runner
 from lrformer_deploy.runtime.postprocess import Postprocessor
 from lrformer_deploy.runtime.preprocess import Geometry, Preprocessor
 from lrformer_deploy.runtime.spec import (
     ModelSpec,
     ResolvedModel,
-    default_palette,
     resolve_model,
     spec_from_io,
     spec_from_manifest,
     verify_artifact,
 )
 
-BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
 
 
 def default_model_path() -> Path:
-    """The project's demo model (exported on first use by lrformer_deploy.demo)."""
+    """The project's demo model (exported on first use through the build side's one door)."""
     try:
-        from lrformer_deploy.demo import default_model
+        from lrformer_deploy.build.on_demand import demo_graph
     except ImportError:
         raise UserError("no --model given and the demo model is not available") from None
     try:
-        return Path(default_model())
+        return demo_graph()
     except UserError:
         raise
     except Exception as exc:  # e.g. torch missing for the first-use export
         raise UserError(f"no --model given and the demo model is not available ({exc.__class__.__name__}: {exc})") from None
-
-
-def tensorrt_available() -> bool:
-    """TensorRT importable and something to manage device memory with; the GPU is checked at load."""
-    has = importlib.util.find_spec
-    return has("tensorrt") is not None and (has("pycuda") is not None or has("torch") is not None)
 
 
 def _device_index(device: str | None) -> int:
@@ -195,7 +188,7 @@ class Segmenter:
                 raise UserError(f"no TensorRT engine recorded for {resolved.path.name}; build one with lrformer-export "
                                 "--engine, or use --backend onnxruntime --device tensorrt (ONNX Runtime's TensorRT provider)")
             return self._trt_runner(engine, spec, device), spec
-        if backend == "auto" and engine is not None and engine.is_file() and tensorrt_available():
+        if backend == "auto" and engine is not None and engine.is_file() and tensorrt_missing("run") is None:
             runner = self._trt_runner(engine, spec, device)
             try:
                 runner.activate()
@@ -237,25 +230,18 @@ class Segmenter:
         model = load_checkpoint_model(path)
         if backend == "torch":
             return TorchRunner(model=model, device=device), checkpoint_spec(model, path, size)
-        # auto / onnxruntime: export in memory (a temporary folder) and run the graph with ONNX Runtime.
+        # auto / onnxruntime: export into a temporary folder and run the graph with ONNX Runtime.
         try:
-            from lrformer_deploy.export_onnx import export_onnx
+            from lrformer_deploy.build.on_demand import checkpoint_graph
         except ImportError as exc:
-            raise UserError(f"cannot export {path.name}: lrformer_deploy.export_onnx is unavailable ({exc})") from None
+            raise UserError(f"cannot export {path.name}: the export side is unavailable ({exc})") from None
         from lrformer_deploy.runtime.backends.ort import OnnxRuntimeRunner
 
         self._tmpdir = Path(tempfile.mkdtemp(prefix="lrformer-infer-"))
-        kwargs: dict[str, Any] = {"size": size, "batch": 1, "head": "mask", "quiet": True}
-        preset = _dataset_for(model)
-        if preset is not None:
-            kwargs["dataset"] = preset
-        variant = getattr(getattr(model, "cfg", None), "name", None)
-        if variant:
-            kwargs["variant"] = variant
-        result = export_onnx(model, self._tmpdir, path.stem, **kwargs)
-        spec = spec_from_manifest(dict(result.manifest), Path(result.manifest_path))
-        spec = replace(spec, checkpoint_path=path, onnx_path=Path(result.onnx_path))
-        return OnnxRuntimeRunner(result.onnx_path, device=device, intra_op_threads=self._threads), spec
+        onnx_path, manifest, manifest_path = checkpoint_graph(model, self._tmpdir, path.stem, size)
+        spec = spec_from_manifest(manifest, manifest_path)
+        spec = replace(spec, checkpoint_path=path, onnx_path=onnx_path)
+        return OnnxRuntimeRunner(onnx_path, device=device, intra_op_threads=self._threads), spec
 
     # ------------------------------------------------------------------ consistency
     def _check_io(self, spec: ModelSpec | None, runner: Runner, path: Path) -> ModelSpec:
@@ -285,7 +271,7 @@ class Segmenter:
 
 def _dataset_for(model: Any):
     try:
-        from lrformer_deploy.datasets import dataset_for_num_classes
+        from lrformer_deploy.data.datasets import dataset_for_num_classes
     except ImportError:
         return None
     return dataset_for_num_classes(int(getattr(model, "num_classes", 0) or 0))

@@ -14,12 +14,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from lrformer_deploy.cache import cached_sha256
+from lrformer_deploy.contract import IMAGENET_MEAN, IMAGENET_STD, default_palette
 from lrformer_deploy.errors import UserError
-from lrformer_deploy.manifest import FORMAT
-from lrformer_deploy.manifest import load_manifest
-
-IMAGENET_MEAN = (123.675, 116.28, 103.53)
-IMAGENET_STD = (58.395, 57.12, 57.375)
+from lrformer_deploy.manifest import FORMAT, load_manifest
 
 ONNX_SUFFIXES = (".onnx",)
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
@@ -54,22 +52,6 @@ class ModelSpec:
     @property
     def input_size(self) -> tuple[int, int]:
         return self.input_shape[2], self.input_shape[3]
-
-
-def default_palette(n: int) -> tuple[tuple[int, int, int], ...]:
-    """Distinct, deterministic colours for models that ship without a palette (RGB)."""
-    colours = []
-    for i in range(n):
-        # Bit-interleaving (as in the PASCAL VOC colour map) keeps neighbouring ids visually apart.
-        r = g = b = 0
-        cid = i
-        for bit in range(8):
-            r |= ((cid >> 0) & 1) << (7 - bit)
-            g |= ((cid >> 1) & 1) << (7 - bit)
-            b |= ((cid >> 2) & 1) << (7 - bit)
-            cid >>= 3
-        colours.append((r, g, b))
-    return tuple(colours)
 
 
 def _shape(values: Any, where: Path, what: str) -> tuple[int, ...]:
@@ -221,50 +203,6 @@ def resolve_model(model: str | Path) -> ResolvedModel:
 
 
 # ------------------------------------------------------------------------------- artifact integrity
-_HASH_CACHE = "sha256-cache.json"
-
-
-def _hash_cache_file() -> Path:
-    from lrformer_deploy.demo import cache_dir
-
-    return cache_dir() / _HASH_CACHE
-
-
-def cached_sha256(path: Path) -> str:
-    """sha256 of `path`, hashed once per (size, mtime) and remembered in the cache folder.
-
-    Large engines take a second or more to hash; a run that loads the same file again skips that. Any
-    change of the file (a re-export, an interrupted copy) changes its size or mtime and is hashed again.
-    The cache is best-effort: an unreadable or unwritable cache only means hashing every time.
-    """
-    from lrformer_deploy import atomic
-    from lrformer_deploy.manifest import sha256_file
-
-    st = path.stat()
-    key = str(path.resolve())
-    stamp = [st.st_size, st.st_mtime_ns]
-    cache_file = _hash_cache_file()
-    try:
-        cache = json.loads(cache_file.read_text(encoding="utf-8"))
-        if not isinstance(cache, dict):
-            cache = {}
-    except (OSError, ValueError):
-        cache = {}
-    entry = cache.get(key)
-    if isinstance(entry, dict) and entry.get("stamp") == stamp and isinstance(entry.get("sha256"), str):
-        return entry["sha256"]
-    digest = sha256_file(path)
-    # Forget files that no longer exist, so the cache does not grow without bound.
-    cache = {k: v for k, v in cache.items() if Path(k).exists()}
-    cache[key] = {"stamp": stamp, "sha256": digest}
-    try:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        atomic.write_text(cache_file, json.dumps(cache, indent=1) + "\n")
-    except OSError:
-        pass
-    return digest
-
-
 def verify_artifact(path: Path, spec: ModelSpec | None, kind: str) -> None:
     """Refuse to load `path` when its manifest records another sha256 for it (kind "onnx" or "engine").
 

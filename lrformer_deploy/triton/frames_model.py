@@ -10,7 +10,6 @@ the config's `parameters`: `manifest` (relative to this version folder), `backen
 import json
 from pathlib import Path
 
-import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from lrformer_deploy.triton.frames import ENCODED_INPUT, FRAME_INPUT, MASK_OUTPUT, BadRequest, segment_requests

@@ -62,27 +62,20 @@ class Repository:
 
 
 def graph_io(onnx_path: Path) -> tuple[list[TensorInfo], list[TensorInfo]]:
-    """Inputs and outputs as the graph declares them (read with ONNX Runtime, no optimisation pass)."""
-    import onnxruntime as ort
+    """Inputs and outputs as the graph declares them, with their Triton data types."""
+    from lrformer_deploy.runtime.backends.ort import read_graph_io
 
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 3
-    try:
-        sess = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        raise UserError(f"cannot read the graph {onnx_path}: {str(exc).strip().splitlines()[0][:200]}") from None
-
-    def info(args):
+    def info(rows):
         out = []
-        for a in args:
-            if a.type not in _ORT_TYPES:
-                raise UserError(f"{onnx_path.name}: tensor {a.name} has type {a.type}, which has no Triton mapping here")
-            out.append(TensorInfo(a.name, _ORT_TYPES[a.type], tuple(d if isinstance(d, int) and d > 0 else None
-                                                                    for d in a.shape)))
+        for name, kind, shape in rows:
+            if kind not in _ORT_TYPES:
+                raise UserError(f"{onnx_path.name}: tensor {name} has type {kind}, which has no Triton mapping here")
+            out.append(TensorInfo(name, _ORT_TYPES[kind], tuple(d if isinstance(d, int) and d > 0 else None
+                                                                for d in shape)))
         return out
 
-    return info(sess.get_inputs()), info(sess.get_outputs())
+    inputs, outputs = read_graph_io(onnx_path)
+    return info(inputs), info(outputs)
 
 
 def _batching(tensors: list[TensorInfo], max_batch: int | None) -> tuple[int, list[dict]]:

@@ -6,6 +6,7 @@ Modules are imported lazily: `ort` needs onnxruntime, `trt` needs tensorrt + pyc
 from __future__ import annotations
 
 import importlib.util
+import shutil
 
 
 def available_backends() -> dict[str, list[str] | bool]:
@@ -21,3 +22,21 @@ def available_backends() -> dict[str, list[str] | bool]:
         "pycuda": importlib.util.find_spec("pycuda") is not None,
         "torch": importlib.util.find_spec("torch") is not None,
     }
+
+
+def tensorrt_missing(purpose: str = "build") -> str | None:
+    """Why TensorRT cannot be used here, else None: the one answer for the engine step, the Segmenter's
+    `auto` choice, lrformer-bench and lrformer-eval. A cheap check (no import, no GPU query).
+
+    purpose "build": the tensorrt package and an NVIDIA GPU (nvidia-smi). "run": the tensorrt package and
+    a CUDA memory provider (pycuda or torch); nvidia-smi is not required there, as Jetson boards lack it.
+    """
+    if importlib.util.find_spec("tensorrt") is None:
+        return "TensorRT is not installed (pip install 'lrformer-deploy[tensorrt]' on a machine with an NVIDIA GPU)"
+    if purpose == "run":
+        if importlib.util.find_spec("pycuda") is None and importlib.util.find_spec("torch") is None:
+            return "TensorRT needs pycuda or torch for CUDA memory (pip install pycuda)"
+        return None
+    if shutil.which("nvidia-smi") is None:
+        return "no NVIDIA GPU found (nvidia-smi is not installed)"
+    return None

@@ -51,6 +51,26 @@ def providers_for_device(device: str | None) -> list[Any]:
     raise UserError(f"unknown device {device!r}: use auto, cpu, cuda, cuda:N or tensorrt")
 
 
+def read_graph_io(onnx_path: str | Path) -> tuple[list[tuple[str, str, tuple]], list[tuple[str, str, tuple]]]:
+    """(inputs, outputs) of a graph as ONNX Runtime declares them: (name, type such as "tensor(float)",
+    shape with ints or symbolic names). Read without any optimisation pass, on the CPU provider; this is
+    the reader for places that have ONNX Runtime but not the onnx package (serving)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    try:
+        sess = ort.InferenceSession(str(onnx_path), options, providers=[CPU])
+    except Exception as exc:  # ORT raises its own exception types (InvalidProtobuf, Fail, ...)
+        raise UserError(f"cannot read the graph {onnx_path}: {str(exc).strip().splitlines()[0][:200]}") from None
+
+    def rows(args):
+        return [(a.name, a.type, tuple(a.shape)) for a in args]
+
+    return rows(sess.get_inputs()), rows(sess.get_outputs())
+
+
 class OnnxRuntimeRunner(Runner):
     # InferenceSession.run is documented as thread-safe, so one session can serve several threads.
     thread_safe = True

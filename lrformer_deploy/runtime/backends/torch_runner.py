@@ -27,9 +27,9 @@ def load_checkpoint_model(checkpoint: str | Path) -> Any:
     """The nn.Module of a checkpoint, through the package's loader (which infers variant and classes)."""
     import_torch()
     try:
-        from lrformer_deploy.checkpoint import load_checkpoint
+        from lrformer_deploy.model.checkpoint import load_checkpoint
     except ImportError as exc:
-        raise UserError(f"cannot load checkpoints: lrformer_deploy.checkpoint is unavailable ({exc})") from None
+        raise UserError(f"cannot load checkpoints: lrformer_deploy.model.checkpoint is unavailable ({exc})") from None
     return load_checkpoint(str(checkpoint), verbose=False)
 
 

@@ -5,8 +5,8 @@ Engines are deserialised with `trt.Runtime.deserialize_cuda_engine`; I/O tensors
 `set_input_shape` for dynamic inputs) and run with `execute_async_v3(stream_handle)`. No binding-index
 APIs (removed in TensorRT 10) are used.
 
-Device memory comes from pycuda (primary context, so it coexists with torch and TensorRT's own runtime
-API use) or, when pycuda is missing, from torch.cuda. Inputs already on the GPU (objects with
+Device memory comes from runtime/backends/cuda.py: pycuda (primary context, so it coexists with torch and
+TensorRT's own runtime API use) or, when pycuda is missing, torch.cuda. Inputs already on the GPU (objects with
 `__cuda_array_interface__`, or CUDA DLPack capsules via torch/cupy) are bound directly, no copy; the
 engine's stream first waits for the stream that produced them (the interface's v3 `stream` field;
 torch's current stream for torch tensors, which export v2; the legacy default stream otherwise), as
@@ -26,7 +26,6 @@ here against the real bindings' symbol tables; samples/gpu_check.py runs it on a
 """
 from __future__ import annotations
 
-import ctypes
 import sys
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,9 @@ from typing import Any
 import numpy as np
 
 from lrformer_deploy.errors import UserError
+from lrformer_deploy.runtime.backends import cuda
 from lrformer_deploy.runtime.backends.base import Runner
+from lrformer_deploy.runtime.backends.cuda import ADDRESS_ALIGNMENT
 
 
 def _version_tuple(version: str, parts: int = 3) -> tuple[int, ...]:
@@ -103,254 +104,6 @@ def _import_tensorrt():
     return trt
 
 
-# TensorRT requires I/O addresses aligned to this many bytes (IExecutionContext::setTensorAddress).
-ADDRESS_ALIGNMENT = 256
-# CUDA's special stream handles (same values in the driver and runtime APIs).
-LEGACY_DEFAULT_STREAM = 1
-
-
-class _CudaDriver:
-    """The three driver calls pycuda cannot make on raw stream handles (event record / stream wait)."""
-
-    _lib = None
-
-    @classmethod
-    def lib(cls):
-        if cls._lib is None:
-            cls._lib = ctypes.CDLL("nvcuda.dll" if sys.platform.startswith("win") else "libcuda.so.1")
-        return cls._lib
-
-    @classmethod
-    def stream_wait(cls, consumer: int, producer: int) -> None:
-        lib, event = cls.lib(), ctypes.c_void_p()
-        for call, args in (("cuEventCreate", (ctypes.byref(event), 2)),  # CU_EVENT_DISABLE_TIMING
-                           ("cuEventRecord", (event, ctypes.c_void_p(producer))),
-                           ("cuStreamWaitEvent", (ctypes.c_void_p(consumer), event, 0))):
-            rc = getattr(lib, call)(*args)
-            if rc != 0:
-                raise RuntimeError(f"{call} failed with CUDA error {rc}")
-        lib.cuEventDestroy_v2(event)  # released once the wait has been satisfied
-
-    @classmethod
-    def stream_synchronize(cls, handle: int) -> None:
-        rc = cls.lib().cuStreamSynchronize(ctypes.c_void_p(handle))
-        if rc != 0:
-            raise RuntimeError(f"cuStreamSynchronize failed with CUDA error {rc}")
-
-
-class _PycudaMemory:
-    """Device buffers, pinned host buffers and copies through pycuda on the device's primary context."""
-
-    kind = "pycuda"
-
-    def __init__(self, device_id: int) -> None:
-        import pycuda.driver as cuda
-
-        cuda.init()
-        self.cuda = cuda
-        self.device = cuda.Device(device_id)
-        self.context = self.device.retain_primary_context()
-        self._keep: list[Any] = []
-
-    def gpu(self) -> tuple[str, tuple[int, int]]:
-        return self.device.name(), tuple(self.device.compute_capability())  # type: ignore[return-value]
-
-    def push(self) -> None:
-        self.context.push()
-
-    def pop(self) -> None:
-        self.cuda.Context.pop()
-
-    def alloc(self, nbytes: int) -> int:
-        buf = self.cuda.mem_alloc(max(1, nbytes))
-        self._keep.append(buf)
-        return int(buf)
-
-    def pinned(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-        return self.cuda.pagelocked_empty(shape, dtype)
-
-    def new_stream(self) -> Any:
-        return self.cuda.Stream()
-
-    def stream_handle(self, stream: Any) -> int:
-        return int(stream.handle)
-
-    def htod(self, dst: int, src: np.ndarray, stream: Any) -> None:
-        self.cuda.memcpy_htod_async(dst, src, stream)
-
-    def dtoh(self, dst: np.ndarray, src: int, stream: Any) -> None:
-        self.cuda.memcpy_dtoh_async(dst, src, stream)
-
-    def synchronize(self, stream: Any) -> None:
-        stream.synchronize()
-
-    def owns(self, stream: Any) -> bool:
-        return isinstance(stream, self.cuda.Stream)
-
-    def stream_wait(self, consumer: int, producer: int) -> None:
-        _CudaDriver.stream_wait(consumer, producer)
-
-    def sync_handle(self, handle: int) -> None:
-        _CudaDriver.stream_synchronize(handle)
-
-    def release(self) -> None:
-        for buf in self._keep:
-            buf.free()
-        self._keep.clear()
-
-
-class _TorchMemory:
-    """The same services through torch.cuda, for machines that have torch but not pycuda."""
-
-    kind = "torch.cuda"
-
-    def __init__(self, device_id: int) -> None:
-        import torch
-
-        if not torch.cuda.is_available():
-            raise UserError("the tensorrt backend needs a CUDA GPU; torch sees none")
-        self.torch = torch
-        self.device = torch.device("cuda", device_id)
-        self._keep: list[Any] = []
-
-    def gpu(self) -> tuple[str, tuple[int, int]]:
-        return self.torch.cuda.get_device_name(self.device), tuple(self.torch.cuda.get_device_capability(self.device))
-
-    def push(self) -> None:
-        self.torch.cuda.set_device(self.device)
-
-    def pop(self) -> None:
-        pass
-
-    def alloc(self, nbytes: int) -> int:
-        buf = self.torch.empty(max(1, nbytes), dtype=self.torch.uint8, device=self.device)
-        self._keep.append(buf)
-        return int(buf.data_ptr())
-
-    def pinned(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-        host = self.torch.from_numpy(np.empty(shape, dtype)).pin_memory()
-        self._keep.append(host)
-        return host.numpy()
-
-    def new_stream(self) -> Any:
-        return self.torch.cuda.Stream(device=self.device)
-
-    def stream_handle(self, stream: Any) -> int:
-        return int(stream.cuda_stream)
-
-    def _view(self, ptr: int, nbytes: int) -> Any:
-        for buf in self._keep:
-            if buf.is_cuda and buf.data_ptr() == ptr:
-                return buf[:nbytes]
-        raise RuntimeError("unknown device buffer")
-
-    def htod(self, dst: int, src: np.ndarray, stream: Any) -> None:
-        with self.torch.cuda.stream(stream):
-            self._view(dst, src.nbytes).copy_(self.torch.from_numpy(src.reshape(-1).view(np.uint8)), non_blocking=True)
-
-    def dtoh(self, dst: np.ndarray, src: int, stream: Any) -> None:
-        with self.torch.cuda.stream(stream):
-            self.torch.from_numpy(dst.reshape(-1).view(np.uint8)).copy_(self._view(src, dst.nbytes), non_blocking=True)
-
-    def synchronize(self, stream: Any) -> None:
-        stream.synchronize()
-
-    def owns(self, stream: Any) -> bool:
-        return isinstance(stream, self.torch.cuda.Stream)
-
-    def stream_wait(self, consumer: int, producer: int) -> None:
-        ext = self.torch.cuda.ExternalStream
-        ext(consumer, device=self.device).wait_stream(ext(producer, device=self.device))
-
-    def sync_handle(self, handle: int) -> None:
-        self.torch.cuda.ExternalStream(handle, device=self.device).synchronize()
-
-    def release(self) -> None:
-        self._keep.clear()
-
-
-def _make_memory(device_id: int, prefer: str) -> Any:
-    errors = []
-    order = {"auto": ("pycuda", "torch"), "pycuda": ("pycuda",), "torch": ("torch",)}.get(prefer)
-    if order is None:
-        raise UserError(f"unknown CUDA memory provider {prefer!r}: use auto, pycuda or torch")
-    for name in order:
-        try:
-            return _PycudaMemory(device_id) if name == "pycuda" else _TorchMemory(device_id)
-        except ImportError as exc:
-            errors.append(f"{name}: {exc}")
-        except UserError:
-            raise
-        except Exception as exc:  # pycuda raises its own driver errors when no usable GPU is present
-            raise UserError(f"cannot initialise CUDA device {device_id} through {name}: {exc}") from None
-    raise UserError("the tensorrt backend needs pycuda (pip install pycuda) or torch with CUDA for device memory")
-
-
-def _is_torch_tensor(value: Any) -> bool:
-    # Without importing torch (the runtime must not need it).
-    return type(value).__module__.split(".")[0] == "torch" and hasattr(value, "data_ptr")
-
-
-def _producer_stream(value: Any, iface: dict) -> int | None:
-    """The stream the engine must wait for before reading `value`, or None when no wait is needed."""
-    if "stream" in iface:  # CUDA Array Interface v3: None means the data is ready
-        stream = iface["stream"]
-        return None if stream is None else (LEGACY_DEFAULT_STREAM if int(stream) == 0 else int(stream))
-    if _is_torch_tensor(value):  # torch exports v2 with no stream; its kernels ran on the current stream
-        import torch
-
-        return int(torch.cuda.current_stream(value.device).cuda_stream)
-    # Unknown producer: an event on the legacy default stream follows all prior work on blocking streams.
-    return LEGACY_DEFAULT_STREAM
-
-
-def _device_pointer(value: Any, dtype: np.dtype, shape: tuple[int, ...],
-                    dynamic: bool = False) -> tuple[int, tuple[int, ...], int | None] | None:
-    """(pointer, shape, producer stream) of an input that already lives on the GPU, or None for host data.
-
-    `shape` is the engine's (largest) shape; a dynamic engine accepts any shape that fits in it.
-    """
-    iface = getattr(value, "__cuda_array_interface__", None)
-    if iface is None and hasattr(value, "__dlpack_device__"):
-        dev_type, _ = value.__dlpack_device__()
-        if int(dev_type) == 2:  # kDLCUDA
-            for module in ("torch", "cupy"):
-                try:
-                    lib = __import__(module)
-                    # from_dlpack orders the producer's work before that library's current stream,
-                    # which the converted array then reports (cupy: v3 stream; torch: current stream).
-                    value = lib.from_dlpack(value)
-                    iface = value.__cuda_array_interface__
-                    break
-                except (ImportError, AttributeError):
-                    continue
-            else:
-                raise UserError("CUDA DLPack inputs need torch or cupy installed to read their device pointer")
-    if iface is None:
-        return None
-    got_dtype = np.dtype(iface["typestr"])
-    got_shape = tuple(int(d) for d in iface["shape"])
-    fits = got_shape == tuple(shape) or (dynamic and len(got_shape) == len(shape)
-                                         and all(0 < a <= b for a, b in zip(got_shape, shape)))
-    if got_dtype != dtype or not fits:
-        raise UserError(f"GPU input has dtype {got_dtype} shape {got_shape}; the engine wants {dtype} {tuple(shape)}")
-    shape = got_shape
-    strides = iface.get("strides")
-    if strides is not None:
-        # C-contiguous strides in bytes: the engine reads the buffer as one dense block.
-        dense, step = [], dtype.itemsize
-        for dim in reversed(shape):
-            dense.append(step)
-            step *= dim
-        if tuple(strides) != tuple(reversed(dense)):
-            raise UserError("GPU inputs must be C-contiguous")
-    ptr = int(iface["data"][0])
-    if ptr % ADDRESS_ALIGNMENT:
-        raise UserError(f"GPU input at address {ptr:#x} is not {ADDRESS_ALIGNMENT}-byte aligned, which TensorRT "
-                        "requires; pass a tensor that owns its memory (e.g. .contiguous().clone()), not an offset view")
-    return ptr, got_shape, _producer_stream(value, iface)
-
-
 class TensorRTRunner(Runner):
     # An IExecutionContext must not be used by two threads at once: callers serialise (the Segmenter
     # holds a lock) or create one runner per thread.
@@ -370,7 +123,7 @@ class TensorRTRunner(Runner):
         trt = _import_tensorrt()
         if not self.engine_path.is_file():
             raise UserError(f"engine file not found: {self.engine_path}")
-        self.mem = _make_memory(self.device_id, self.memory_kind)
+        self.mem = cuda.make_memory(self.device_id, self.memory_kind)
         gpu_name, cc = self.mem.gpu()
         for warning in check_engine_record(self.engine_record, trt.__version__, gpu_name, cc):
             print(f"warning: {warning}", file=sys.stderr)
@@ -467,7 +220,7 @@ class TensorRTRunner(Runner):
             producers = []
             for name, (shape, dtype, ptr) in self.inputs.items():
                 value = feed[name]
-                on_gpu = _device_pointer(value, dtype, shape, self.dynamic)
+                on_gpu = cuda.device_pointer(value, dtype, shape, self.dynamic)
                 if on_gpu is not None:
                     gpu_ptr, gpu_shape, producer = on_gpu
                     if self.dynamic:  # else the previous call's shape would stay in effect

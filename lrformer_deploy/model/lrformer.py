@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .grids import adaptive_bins, lrsa_grid, pyramid_targets
+from lrformer_deploy.model.grids import adaptive_bins, lrsa_grid, pyramid_targets
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,8 @@
 `lrformer-export`, `lrformer-bench`, the demo model's cached export and the Triton export all call `build`.
 
 Order of work, and why:
-1. `validate` checks every argument, input path, output location and optional dependency before any
-   model is loaded (a mistake costs a user less than a second, not the 15 s of an export).
+1. `validate` (build/request.py) checks every argument, input path, output location and optional
+   dependency before any model is loaded (a mistake costs a user less than a second, not an export).
 2. Each artifact is made in a hidden staging folder inside the output folder (same filesystem, so the
    final rename is atomic), verified there (ONNX Runtime check, accuracy check), and only then moved
    into place by `manifest.publish`: files first, the manifest last as the commit point. A failed or
@@ -18,10 +18,7 @@ Order of work, and why:
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
-import math
-import os
 import shutil
 import sys
 import tempfile
@@ -31,51 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from .errors import UserError
-
-TARGETS = ("tensorrt", "cpu")
-ENGINE_MODES = ("auto", "require", "off")
-HEADS = ("mask", "logits")
-PRECISIONS = ("fp16", "int8")
-CALIB_METHODS = ("entropy", "percentile", "minmax")
-MIN_OPSET = 17  # LayerNormalization is one op from opset 17
-# Highest opset the exporter (torch 2.13's dynamo exporter) and ONNX Runtime were seen to produce and run;
-# above it the exporter silently falls back to opset 18, which a manifest must never misreport.
-MAX_OPSET = 23
-
-
-@dataclass
-class BuildRequest:
-    """What to make. Exactly one source: `checkpoint` (optionally with a forced `variant`/`num_classes`),
-    `variant` alone (random weights, seeded: structure and speed only), or `graph` (an existing FP32 ONNX
-    graph, with or without its manifest, from which reduced graphs and engines are derived)."""
-
-    checkpoint: str | os.PathLike | None = None
-    variant: str | None = None
-    graph: str | os.PathLike | None = None
-    num_classes: int | None = None
-    dataset: str | None = None
-    preset: dict | None = None  # an export preset (export/*.json): dataset, size per variant, head
-    size: tuple[int, int] | None = None  # (H, W); default: preset, else 512x512 (640x640 for L/XL)
-    batch: int = 1
-    head: str | None = None  # mask (default) or logits
-    opset: int = 17
-    precisions: tuple[str, ...] = ()  # reduced graphs to make besides FP32: "fp16", "int8"
-    calib: str | os.PathLike | None = None  # folder of images or a video
-    calib_count: int = 32
-    calib_method: str = "entropy"
-    check_count: int = 8  # frames held back from calibration for the accuracy check
-    min_agreement: float | None = None  # None: the precision's default (reported only for random weights)
-    synthetic_calibration: bool = False  # INT8 without calib: calibrate on synthetic scenes (benchmarks)
-    target: str = "tensorrt"  # what the graphs are shaped for: "tensorrt" (GPU) or "cpu" (ONNX Runtime)
-    engine: str = "auto"  # auto: build when TensorRT + a GPU are here; require: fail otherwise; off
-    workspace_gib: float = 4.0
-    engine_options: dict = field(default_factory=dict)  # more build_engine keywords (batch_range, ...)
-    export_options: dict = field(default_factory=dict)  # more export_onnx keywords (e.g. a dynamic batch)
-    output_dir: str | os.PathLike = "engines"  # for `graph`: the graph's own folder when left at default
-    name: str | None = None  # artifact stem (default lrformer-<variant>-<dataset>-<H>x<W>)
-    quiet: bool = False
-    reuse: bool = False  # keep artifacts whose manifest shows they were made from the same inputs
+from lrformer_deploy.build.request import BuildRequest, check_graph_readable, check_memory, output_dir, validate
+from lrformer_deploy.contract import REDUCED_PRECISIONS, check_export_size, graph_size
+from lrformer_deploy.errors import UserError
 
 
 @dataclass
@@ -102,150 +57,6 @@ class BuildResult:
 
     def __getitem__(self, precision: str) -> Artifact:
         return self.artifacts[precision]
-
-
-# ---------------------------------------------------------------------------------------------- checks
-def check_export_size(size: tuple[int, int], batch: int = 1) -> None:
-    h, w = size
-    if h <= 0 or w <= 0:
-        raise UserError(f"size {h}x{w} must be positive")
-    if h % 32 or w % 32:
-        raise UserError(f"size {h}x{w} must be a multiple of 32 on both sides (the encoder downsamples by 32)")
-    if batch <= 0:
-        raise UserError(f"batch {batch} must be at least 1")
-
-
-def physical_memory() -> int | None:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):
-        return None
-
-
-def activation_floor(size: tuple[int, int], batch: int, head: str | None, num_classes: int | None) -> int:
-    """A LOWER bound on the bytes one forward pass holds at once: the float input (3 channels), the first
-    stem convolution (at least 16 channels at stride 2, i.e. 4 floats per input pixel) and, for a mask
-    head, the logits upsampled to the input size. Export holds more (PyTorch and ONNX Runtime both run)."""
-    per_pixel = 3 + 4 + (num_classes or 0) * (head != "logits")
-    return 4 * batch * size[0] * size[1] * per_pixel
-
-
-def check_memory(size: tuple[int, int], batch: int, head: str | None, num_classes: int | None) -> None:
-    need, have = activation_floor(size, batch, head, num_classes), physical_memory()
-    if have is not None and need > have:
-        raise UserError(f"size {size[0]}x{size[1]} (batch {batch}) needs at least {need / 2**30:,.1f} GiB for "
-                        f"its input and first activations alone; this machine has {have / 2**30:,.1f} GiB")
-
-
-def check_output_dir(path: str | os.PathLike, what: str = "--output-dir") -> Path:
-    """Create the folder if needed and prove it is writable; every failure is one UserError."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise UserError(f"{what} {path} is a file, not a folder")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path, prefix=".write-test-"):
-            pass
-    except OSError as exc:
-        raise UserError(f"{what} {path} is not writable (cannot create a file there: "
-                        f"{exc.strerror or exc.__class__.__name__})") from None
-    return path
-
-
-def check_name(name: str | None) -> None:
-    if name is None:
-        return
-    if not name or name in (".", "..") or any(sep in name for sep in ("/", "\\", os.sep)) or name.startswith("."):
-        raise UserError(f"--name {name!r} must be a plain file stem (no folders, not hidden); "
-                        "choose the folder with --output-dir")
-
-
-def check_calibration_source(calib: str | os.PathLike) -> None:
-    """Missing, a text file, an empty folder or an unreadable video: refused before any work."""
-    from .precision.calibration import list_calibration_files
-
-    kind, files = list_calibration_files(calib)
-    if kind == "video":
-        import cv2
-
-        cap = cv2.VideoCapture(str(files[0]))
-        try:
-            ok = cap.isOpened() and cap.read()[0]
-        finally:
-            cap.release()
-        if not ok:
-            raise UserError(f"calibration video {calib} cannot be decoded (no frame could be read)")
-
-
-def tensorrt_missing() -> str | None:
-    """Why no TensorRT engine can be built here (a cheap check: no import, no GPU query), else None."""
-    if importlib.util.find_spec("tensorrt") is None:
-        return "TensorRT is not installed (pip install 'lrformer-deploy[tensorrt]' on a machine with an NVIDIA GPU)"
-    if shutil.which("nvidia-smi") is None:
-        return "no NVIDIA GPU found (nvidia-smi is not installed)"
-    return None
-
-
-def validate(req: BuildRequest) -> None:
-    """Every check that needs no model: arguments, inputs, output location, optional dependencies."""
-    if req.graph is None and importlib.util.find_spec("torch") is None:
-        # cli_entry turns this into the one line naming the extra to install
-        raise ModuleNotFoundError("No module named 'torch'", name="torch")
-    sources = [s for s in (req.checkpoint, req.graph) if s is not None]
-    if len(sources) > 1:
-        raise UserError("give a checkpoint or an existing graph, not both")
-    if req.graph is not None and req.variant is not None:
-        raise UserError("a variant cannot be forced on an existing graph")
-    if not sources and not req.variant:
-        raise UserError("give --ckpt (a checkpoint) or --variant (random weights for structure/speed)")
-    for path, what in ((req.checkpoint, "checkpoint"), (req.graph, "ONNX graph")):
-        if path is not None and not Path(path).is_file():
-            raise UserError(f"{what} not found: {path}")
-    if req.num_classes is not None and req.num_classes < 1:
-        raise UserError(f"--num-classes must be at least 1, got {req.num_classes}")
-    if req.batch < 1:
-        raise UserError(f"--batch must be at least 1, got {req.batch}")
-    if req.size is not None:
-        check_export_size(req.size, req.batch)
-        check_memory(req.size, req.batch, req.head, req.num_classes)
-    if req.head is not None and req.head not in HEADS:
-        raise UserError(f"--head must be one of {', '.join(HEADS)}, got {req.head!r}")
-    if not MIN_OPSET <= req.opset <= MAX_OPSET:
-        raise UserError(f"--opset {req.opset} is not supported: use {MIN_OPSET} to {MAX_OPSET} "
-                        f"(LayerNormalization needs {MIN_OPSET}; {MAX_OPSET} is the newest the exporter writes)")
-    bad = [p for p in req.precisions if p not in PRECISIONS]
-    if bad:
-        raise UserError(f"precision must be among {', '.join(PRECISIONS)}, got {', '.join(bad)}")
-    if req.calib_count < 1:
-        raise UserError(f"--calib-count must be at least 1, got {req.calib_count}")
-    if req.check_count < 1:
-        raise UserError(f"check frames must be at least 1, got {req.check_count}")
-    if req.calib_method not in CALIB_METHODS:
-        raise UserError(f"--calib-method must be one of {', '.join(CALIB_METHODS)}, got {req.calib_method!r}")
-    if req.min_agreement is not None and not 0.0 <= req.min_agreement <= 1.0:
-        raise UserError(f"--min-agreement is a fraction of pixels between 0 and 1, got {req.min_agreement}")
-    if "int8" in req.precisions and req.calib is None and not req.synthetic_calibration:
-        raise UserError("--int8 needs --calib (a folder of images or a video file)")
-    if req.calib is not None:
-        check_calibration_source(req.calib)
-    if req.target not in TARGETS:
-        raise UserError(f"--target must be one of {', '.join(TARGETS)}, got {req.target!r}")
-    if req.engine not in ENGINE_MODES:
-        raise UserError(f"engine mode must be one of {', '.join(ENGINE_MODES)}, got {req.engine!r}")
-    if not (math.isfinite(req.workspace_gib) and req.workspace_gib > 0):
-        raise UserError(f"--workspace must be a positive number of GiB, got {req.workspace_gib}")
-    if req.engine == "require":
-        reason = tensorrt_missing()
-        if reason:
-            raise UserError(f"--engine was demanded but cannot be built: {reason}")
-    check_name(req.name)
-    check_output_dir(_output_dir(req))
-
-
-def _output_dir(req: BuildRequest) -> Path:
-    if req.graph is not None and Path(req.output_dir) == Path("engines"):
-        return Path(req.graph).parent
-    return Path(req.output_dir)
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -290,7 +101,7 @@ def _note(req: BuildRequest, result: BuildResult, text: str) -> None:
 
 def _manifest_if_consistent(onnx_path: Path) -> dict | None:
     """The manifest beside `onnx_path` when it vouches for exactly this file, else None."""
-    from . import manifest as mf
+    from lrformer_deploy import manifest as mf
 
     man = mf.manifest_path_for(onnx_path)
     if not (onnx_path.is_file() and man.is_file()):
@@ -307,9 +118,9 @@ def _manifest_if_consistent(onnx_path: Path) -> dict | None:
 def _load_model(req: BuildRequest, result: BuildResult):
     import torch
 
-    from .checkpoint import load_checkpoint
-    from .manifest import sha256_file
-    from .model import build_model, get_config
+    from lrformer_deploy.model.checkpoint import load_checkpoint
+    from lrformer_deploy.manifest import sha256_file
+    from lrformer_deploy.model.lrformer import build_model, get_config
 
     if req.checkpoint is not None:
         model = load_checkpoint(req.checkpoint, variant=req.variant, num_classes=req.num_classes, verbose=not req.quiet)
@@ -324,7 +135,7 @@ def _load_model(req: BuildRequest, result: BuildResult):
 
 
 def _resolve_dataset(name: str | None, num_classes: int):
-    from .datasets import dataset_for_num_classes, get_dataset
+    from lrformer_deploy.data.datasets import dataset_for_num_classes, get_dataset
 
     if name is None:
         return dataset_for_num_classes(num_classes)
@@ -339,10 +150,10 @@ def _resolve_dataset(name: str | None, num_classes: int):
 
 # ---------------------------------------------------------------------------------------------- steps
 def _fp32(req: BuildRequest, result: BuildResult, steps: _Steps) -> Artifact:
-    from . import manifest as mf
-    from .export_onnx import default_name, export_onnx
+    from lrformer_deploy import manifest as mf
+    from lrformer_deploy.build.export import default_name, export_onnx
 
-    out_dir = _output_dir(req)
+    out_dir = output_dir(req)
     early = _reusable_before_loading(req, out_dir)
     if early is not None:
         with steps.step("reused FP32 graph"):
@@ -390,8 +201,8 @@ def _fp32(req: BuildRequest, result: BuildResult, steps: _Steps) -> Artifact:
 
 def _reusable_before_loading(req: BuildRequest, out_dir: Path) -> Artifact | None:
     """With a fixed name and size, an earlier export is recognised from its manifest alone (no model load)."""
-    from . import manifest as mf
-    from .manifest import sha256_file
+    from lrformer_deploy import manifest as mf
+    from lrformer_deploy.manifest import sha256_file
 
     if not (req.reuse and req.name and req.size):
         return None
@@ -427,7 +238,7 @@ def _same_fp32(m: dict, req: BuildRequest, size, head: str, num_classes: int, ck
 
 def _existing(req: BuildRequest) -> Artifact:
     """An FP32 graph the caller already has (e.g. lrformer-bench --model X.onnx)."""
-    from . import manifest as mf
+    from lrformer_deploy import manifest as mf
 
     path = Path(req.graph)
     check_graph_readable(path)
@@ -436,21 +247,9 @@ def _existing(req: BuildRequest) -> Artifact:
     return Artifact("fp32", path, man if m is not None else None, m, reused=True)
 
 
-def check_graph_readable(path: Path) -> None:
-    """A corrupt or truncated .onnx is one UserError, not a protobuf traceback."""
-    try:
-        import onnx
-
-        onnx.load(str(path), load_external_data=False)
-    except ImportError:
-        return
-    except Exception as exc:  # protobuf DecodeError, truncated file, ...
-        raise UserError(f"{path} is not a readable ONNX graph ({exc.__class__.__name__})") from None
-
-
 def precision_manifest(fp32_manifest: dict, onnx_name: str, staged_onnx: Path, precision: str,
                        details: dict, out_dir: Path) -> dict:
-    from . import manifest as mf
+    from lrformer_deploy import manifest as mf
 
     m = json.loads(json.dumps(fp32_manifest))
     m["name"] = Path(onnx_name).stem
@@ -468,14 +267,14 @@ def precision_manifest(fp32_manifest: dict, onnx_name: str, staged_onnx: Path, p
 
 
 def _reduced(req: BuildRequest, result: BuildResult, fp32: Artifact, precision: str, steps: _Steps) -> Artifact:
-    from . import manifest as mf
-    from .precision.calibration import DEFAULT_MEAN, DEFAULT_STD
-    from .precision.pipeline import make_precision_graph, output_path
+    from lrformer_deploy import manifest as mf
+    from lrformer_deploy.contract import IMAGENET_MEAN, IMAGENET_STD
+    from lrformer_deploy.precision.pipeline import make_precision_graph, output_path
 
     final = output_path(fp32.onnx, precision)
     out_dir = final.parent
     inp = (fp32.manifest or {}).get("input", {})
-    mean, std = inp.get("mean", DEFAULT_MEAN), inp.get("std", DEFAULT_STD)
+    mean, std = inp.get("mean", IMAGENET_MEAN), inp.get("std", IMAGENET_STD)
     if req.reuse and req.calib is None and fp32.manifest is not None:
         # Only graphs calibrated on synthetic scenes are reused: a --calib folder may have changed.
         m = _manifest_if_consistent(final)
@@ -515,18 +314,15 @@ def _reduced(req: BuildRequest, result: BuildResult, fp32: Artifact, precision: 
 def _graph_size(art: Artifact) -> tuple[int, int]:
     import onnx
 
-    proto = onnx.load(str(art.onnx), load_external_data=False)
-    inits = {i.name for i in proto.graph.initializer}
-    dims = [d.dim_value for d in next(i for i in proto.graph.input if i.name not in inits).type.tensor_type.shape.dim]
-    return dims[2], dims[3]
+    return graph_size(onnx.load(str(art.onnx), load_external_data=False), art.onnx.name)
 
 
 def write_synthetic_calibration(folder: Path, count: int, size: tuple[int, int], seed: int = 5000) -> Path:
     """A folder of synthetic PNG scenes for INT8 calibration when a benchmark gives no --calib."""
     import cv2
 
-    from . import atomic
-    from .synthetic import generate_scene
+    from lrformer_deploy import atomic
+    from lrformer_deploy.data.synthetic import generate_scene
 
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(count):
@@ -539,8 +335,8 @@ def write_synthetic_calibration(folder: Path, count: int, size: tuple[int, int],
 
 def _engine(req: BuildRequest, art: Artifact, steps: _Steps) -> None:
     """Build the strongly typed engine for one graph and record it in that graph's manifest."""
-    from . import manifest as mf
-    from .engine_build import EngineUnavailable, build_engine
+    from lrformer_deploy import manifest as mf
+    from lrformer_deploy.build.engine import EngineUnavailable, build_engine
 
     engine_final = art.onnx.with_suffix(".engine")
     folder = art.onnx.parent
@@ -579,7 +375,7 @@ def build(req: BuildRequest) -> BuildResult:
     validate(req)
     t0 = time.perf_counter()
     result = BuildResult()
-    precisions = [p for p in PRECISIONS if p in req.precisions]
+    precisions = [p for p in REDUCED_PRECISIONS if p in req.precisions]
     n_engines = 0 if req.engine == "off" else max(1, len(precisions))
     steps = _Steps(1 + len(precisions) + n_engines, req.quiet)
     try:

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from .errors import UserError
-from .model import VARIANTS, LRFormerConfig, LRFormerSegmentor, build_model, get_config
+from lrformer_deploy.errors import UserError
+from lrformer_deploy.model.lrformer import VARIANTS, LRFormerConfig, LRFormerSegmentor, build_model, get_config
 
 # Keys that belong to training only and are dropped with a note.
 _TRAINING_ONLY_PREFIXES = ("auxiliary_head.",)

@@ -11,22 +11,17 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import UserError
+from lrformer_deploy.cache import cache_dir
+from lrformer_deploy.errors import UserError
 
-CHECKPOINT = Path(__file__).with_name("weights") / "lrformer-demo-synthetic.pth"
+CHECKPOINT = Path(__file__).resolve().parent.parent / "weights" / "lrformer-demo-synthetic.pth"
 PRESET = {"dataset": "synthetic", "size": (256, 448), "head": "mask"}
 NAME = "lrformer-demo-synthetic-256x448"
 
 
-def cache_dir() -> Path:
-    """$LRFORMER_DEPLOY_CACHE, else ~/.cache/lrformer-deploy."""
-    env = os.environ.get("LRFORMER_DEPLOY_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "lrformer-deploy"
-
-
 def default_model(out_dir: str | os.PathLike | None = None) -> Path:
     """Path to the demo model's FP32 ONNX graph (mask head, 256x448), exported on first use."""
-    from . import manifest as mf
+    from lrformer_deploy import manifest as mf
 
     if not CHECKPOINT.is_file():
         raise UserError(f"the demo checkpoint is missing from the installation ({CHECKPOINT})")
@@ -45,7 +40,7 @@ def default_model(out_dir: str | os.PathLike | None = None) -> Path:
     if importlib.util.find_spec("torch") is None:
         raise UserError("the demo model must be exported once, which needs torch "
                         "(pip install torch, or pass --model with an exported .onnx)")
-    from .build import BuildRequest, build
+    from lrformer_deploy.build import BuildRequest, build
 
     print(f"exporting the demo model to {onnx_path} (first use only)...", file=sys.stderr)
     # The cached graph runs on ONNX Runtime on the CPU: shape it for that target.

@@ -26,7 +26,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from lrformer_deploy.datasets import SYNTHETIC_CLASSES, get_dataset
+from lrformer_deploy.data.datasets import SYNTHETIC_CLASSES, get_dataset
 
 CLASS_NAMES: tuple[str, ...] = SYNTHETIC_CLASSES
 BACKGROUND, DISC, BOX, TRIANGLE, RING, BAND = range(6)

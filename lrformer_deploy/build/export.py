@@ -19,23 +19,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import manifest as mf
-from .atomic import temporary_sibling
-from .datasets import DatasetPreset
-from .build import MAX_OPSET, MIN_OPSET, check_export_size  # noqa: F401 - check_export_size re-exported
-from .errors import UserError
-from .grids import head_grids, stage_grids
-from .model import LRFormerSegmentor, MaskHead, logits_to_mask
+from lrformer_deploy import manifest as mf
+from lrformer_deploy.atomic import temporary_sibling
+from lrformer_deploy.data.datasets import DatasetPreset
+from lrformer_deploy.contract import (HEADS, IMAGENET_MEAN, IMAGENET_STD, MASK_TAILS, MAX_OPSET, MIN_OPSET,
+                                      check_export_size, default_palette)
+from lrformer_deploy.errors import UserError
+from lrformer_deploy.model.grids import head_grids, stage_grids
+from lrformer_deploy.model.lrformer import LRFormerSegmentor, MaskHead, logits_to_mask
 
 # Ops whose presence would mean something data-dependent slipped into the graph.
 FORBIDDEN_OPS = frozenset({"Gather", "GatherND", "GatherElements", "ScatterND", "ScatterElements",
                            "Where", "Loop", "If", "Shape", "NonZero", "Range"})
-HEADS = ("mask", "logits")
-# Layout of the mask head's Resize -> ArgMax tail. "nchw": the standard form, Resize over H, W and
-# ArgMax over axis 1; for TensorRT, whose IResizeLayer resizes the last dims (on NHWC it would be a
-# trilinear pass over the class channels). "nhwc": Transpose -> Resize -> ArgMax(axis 3), which ONNX
-# Runtime on CPUs runs several times faster (samples/bench_mask_tail.py). Same masks either way.
-MASK_TAILS = ("nchw", "nhwc")
 
 
 class VerificationFailed(UserError):
@@ -171,7 +166,7 @@ def verification_input(size: tuple[int, int], batch: int, dataset: DatasetPreset
     """A deterministic smooth colour image per batch item, through the runtime's own preprocessing."""
     import cv2
 
-    from .runtime.preprocess import preprocess_image
+    from lrformer_deploy.runtime.preprocess import preprocess_image
 
     rng = np.random.default_rng(seed)
     frames = []
@@ -400,9 +395,6 @@ def export_onnx(model: LRFormerSegmentor, out_dir: str | os.PathLike, name: str 
 
 
 def _fallback_preset(num_classes: int) -> DatasetPreset:
-    from .datasets import IMAGENET_MEAN, IMAGENET_STD
-    from .runtime.spec import default_palette
-
     return DatasetPreset("custom", num_classes, tuple(f"class {i}" for i in range(num_classes)),
                          default_palette(num_classes), IMAGENET_MEAN, IMAGENET_STD)
 

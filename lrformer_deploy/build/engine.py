@@ -32,9 +32,9 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from . import atomic
-from .errors import UserError
-from .manifest import sha256_file
+from lrformer_deploy import atomic
+from lrformer_deploy.errors import UserError
+from lrformer_deploy.manifest import sha256_file
 
 
 class EngineUnavailable(RuntimeError):
@@ -110,14 +110,14 @@ def build_device(device_id: int = 0) -> tuple[dict, Any]:
     devices as CUDA and TensorRT do; nvidia-smi (PCI order) only fills in the driver version, or
     everything when no provider can reach the GPU (then only device 0 can be chosen).
     """
-    from .runtime.backends.trt import _make_memory
+    from lrformer_deploy.runtime.backends import cuda
 
     try:
         smi = gpu_info()
     except EngineUnavailable as exc:
         smi, smi_error = None, exc
     try:
-        mem = _make_memory(device_id, "auto")
+        mem = cuda.make_memory(device_id, "auto")
     except UserError as exc:
         if smi is None:
             raise smi_error from None

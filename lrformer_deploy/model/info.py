@@ -6,8 +6,8 @@ import copy
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .grids import head_grids, stage_grids
-from .model import LRFormerSegmentor
+from lrformer_deploy.model.grids import head_grids, stage_grids
+from lrformer_deploy.model.lrformer import LRFormerSegmentor
 
 
 def count_params(model: torch.nn.Module) -> int:

@@ -9,7 +9,7 @@ A predicted id outside 0..num_classes-1 is simply wrong (it counts against the t
 
 Folder layouts (`detect_layout` picks one, or pass it explicitly):
 - synthetic:  ROOT/images/<split>/NAME.png + ROOT/annotations/<split>/NAME.png (what
-              lrformer_deploy.synthetic.write_dataset writes; any folder of image/label pairs in this shape
+              lrformer_deploy.data.synthetic.write_dataset writes; any folder of image/label pairs in this shape
               works, which is mmseg's generic layout); default split "val".
 - ade20k:     ADEChallengeData2016/images/validation/*.jpg + annotations/validation/*.png; label 0 is
               "other" and is ignored, the remaining ids are shifted down by one (reduce_zero_label).
@@ -145,7 +145,7 @@ class EvalFolder:
     split: str
     samples: list[Sample]
     reduce_zero_label: bool = False
-    dataset: str | None = None  # name of the lrformer_deploy.datasets preset the labels belong to
+    dataset: str | None = None  # name of the lrformer_deploy.data.datasets preset the labels belong to
     label_id_map: np.ndarray | None = field(default=None, repr=False)  # 256-entry lookup applied to raw labels
     missing_labels: list[Path] = field(default_factory=list)
 
@@ -220,7 +220,7 @@ def detect_layout(root: str | Path) -> str:
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"dataset folder {root} does not exist")
-    from lrformer_deploy.synthetic import META_FILE
+    from lrformer_deploy.data.synthetic import META_FILE
 
     if (root / META_FILE).is_file():
         return "synthetic"
@@ -267,7 +267,7 @@ def open_eval_folder(root: str | Path, layout: str = "auto", split: str | None =
     if layout == "synthetic":
         base = root
         image_dir, label_dir = base / "images" / split, base / "annotations" / split
-        from lrformer_deploy.synthetic import META_FILE
+        from lrformer_deploy.data.synthetic import META_FILE
 
         meta_path = base / META_FILE
         if meta_path.is_file():

@@ -8,11 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from lrformer_deploy.contract import IMAGENET_MEAN, IMAGENET_STD
 from lrformer_deploy.errors import UserError
-
-# ImageNet statistics on the 0..255 scale, RGB order: what every LRFormer config normalises with.
-IMAGENET_MEAN = (123.675, 116.28, 103.53)
-IMAGENET_STD = (58.395, 57.12, 57.375)
 
 
 @dataclass(frozen=True)
@@ -159,7 +156,7 @@ _CITYSCAPES_PALETTE = _pal([
 ])
 
 # ------------------------------------------------------------------------------------------- synthetic
-# The procedural demo scenes of lrformer_deploy.synthetic (the class ids there index this tuple).
+# The procedural demo scenes of lrformer_deploy.data.synthetic (the class ids there index this tuple).
 SYNTHETIC_CLASSES = ('background', 'disc', 'box', 'triangle', 'ring', 'band')
 _SYNTHETIC_PALETTE = _pal([
     [40, 40, 40], [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
