@@ -204,6 +204,38 @@ def test_no_model_and_no_demo_is_one_line(tmp_path):
     assert_one_error_line(proc, "no --model given and the demo model is not available")
 
 
+NO_TORCH_SHIM = textwrap.dedent("""
+    import importlib.abc, sys
+    class _NoTorch(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "torch" or name.startswith("torch."):
+                raise ModuleNotFoundError("No module named 'torch' (blocked for this test)", name="torch")
+    sys.meta_path.insert(0, _NoTorch())
+""")
+
+
+def test_quick_start_runs_without_torch(tmp_path):
+    """`lrformer-infer samples/synthetic-scenes.mp4` on a runtime-only install: the shipped demo graph, no
+    export, no torch (importing it fails), an empty cache folder."""
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "sitecustomize.py").write_text(NO_TORCH_SHIM)
+    blocked = subprocess.run([sys.executable, "-c", "import torch"], env=cli_env(shim), capture_output=True)
+    assert blocked.returncode != 0  # the shim works: torch cannot be imported in the child
+    (tmp_path / "samples").mkdir()
+    video = tmp_path / "samples" / "synthetic-scenes.mp4"
+    video.write_bytes((REPO / "samples" / "synthetic-scenes.mp4").read_bytes())
+    env = {**cli_env(shim), "LRFORMER_DEPLOY_CACHE": str(tmp_path / "empty-cache")}
+    proc = subprocess.run([sys.executable, "-m", "lrformer_deploy.cli.infer", "samples/synthetic-scenes.mp4",
+                           "--quiet"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "export" not in proc.stderr and "torch" not in proc.stderr, proc.stderr
+    n, w, h, _ = count_frames(tmp_path / "samples" / "synthetic-scenes_seg.mp4")
+    src_n, src_w, _, _ = count_frames(video)
+    assert n == src_n == 84 and w == src_w
+    assert not (tmp_path / "empty-cache" / "lrformer-demo-synthetic-256x448.onnx").exists()
+
+
 def test_ctrl_c_leaves_a_playable_partial_video(shared_video, tiny_model, tmp_path):
     # Interrupt once the progress line reports some frames; the run takes seconds, so it is midway.
     model = tiny_model(head="logits", size=(64, 64), num_classes=64)

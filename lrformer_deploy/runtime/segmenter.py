@@ -39,7 +39,8 @@ from lrformer_deploy.runtime.spec import (
 
 
 def default_model_path() -> Path:
-    """The project's demo model (exported on first use through the build side's one door)."""
+    """The project's demo model: the graph shipped in the package, else exported on first use (needs torch)
+    through the build side's one door."""
     try:
         from lrformer_deploy.build.on_demand import demo_graph
     except ImportError:
