@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 from conftest import default_signals
 
+from lrformer_deploy.runtime.overlay import legend_strip_height, palette_lut
+
 REPO = Path(__file__).resolve().parent.parent
 RED, GREEN, BLUE = (0, 0, 255), (0, 255, 0), (255, 0, 0)  # BGR
 
@@ -64,7 +66,9 @@ def test_video_in_playable_video_out_same_frames_size_fps(shared_video, tiny_mod
                    cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     n, w, h, fps = count_frames(out)
-    assert (n, w, h) == (src_frames, src_w, src_h) == (377, 768, 432)
+    # The default legend strip is added below the frame: the writer gets the taller size on every frame.
+    assert (n, w, h) == (src_frames, src_w, src_h + legend_strip_height(src_h, src_w)) and (n, w) == (377, 768)
+    assert legend_strip_height(src_h, src_w) > 0
     assert fps == pytest.approx(src_fps, abs=0.01)
     summary = json.loads((tmp_path / "s.json").read_text())
     assert summary["frames"] == 377 and summary["failed"] == []
@@ -79,7 +83,7 @@ def test_default_output_names_and_video_masks(shared_video, tiny_model, tmp_path
     proc = run_cli(video, "--model", tiny_model(head="logits", size=(64, 64)), "--max-frames", 5,
                    "--save-mask", tmp_path / "m", "--resize", "keep-ratio", "--legend", "--quiet", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert count_frames(tmp_path / "clip_seg.mp4")[:3] == (5, 768, 432)
+    assert count_frames(tmp_path / "clip_seg.mp4")[:3] == (5, 768, 432 + legend_strip_height(432, 768))
     masks = sorted(p.name for p in (tmp_path / "m").iterdir())
     assert masks == [f"clip_{i:06d}.png" for i in range(5)]
     mask = cv2.imread(str(tmp_path / "m" / masks[0]), cv2.IMREAD_UNCHANGED)
@@ -96,7 +100,7 @@ def test_folder_of_images_writes_masks_and_overlays(tiny_model, tmp_path):
         assert mask.shape == (36, 50) and mask.ndim == 2
         assert np.all(mask == cid)
         overlay = cv2.imread(str(tmp_path / "imgs_seg" / f"{stem}_seg.png"))
-        assert overlay.shape == (36, 50, 3)
+        assert overlay.shape == (36 + legend_strip_height(36, 50), 50, 3)
     summary = json.loads(proc.stdout)
     assert summary["frames"] == 3 and summary["source"] == "images"
 
@@ -114,7 +118,37 @@ def test_single_image_and_glob(tiny_model, tmp_path):
     proc = run_cli(tmp_path / "g" / "y.png", "--model", model, "--output", tmp_path / "o.png", "--quiet", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     overlay = cv2.imread(str(tmp_path / "o.png"))
-    assert overlay.shape == (36, 50, 3) and not (tmp_path / "g" / "y_seg.png").exists()
+    assert overlay.shape == (36 + legend_strip_height(36, 50), 50, 3) and not (tmp_path / "g" / "y_seg.png").exists()
+
+
+def test_legend_by_default_below_the_scene_and_no_legend_flag(tiny_model, shared_video, tmp_path):
+    """The default overlay names the colours in a strip below the frame; the frame's pixels are the same
+    as with --no-legend (nothing covered); --no-legend keeps the input's size."""
+    from conftest import TINY_PALETTE
+
+    size = (60, 240)
+    write_images(tmp_path / "imgs", {"r": RED, "b": BLUE}, size=size)
+    model = tiny_model()
+    for flags, out in (([], "with"), (["--legend"], "legend-flag"), (["--no-legend"], "without")):
+        proc = run_cli(tmp_path / "imgs", "--model", model, "--output", tmp_path / out, "--quiet", *flags, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+    lut = palette_lut(TINY_PALETTE)
+    strip_h = legend_strip_height(*size)
+    for stem, present, absent in (("r", 0, 2), ("b", 2, 0)):
+        default = cv2.imread(str(tmp_path / "with" / f"{stem}_seg.png"))
+        plain = cv2.imread(str(tmp_path / "without" / f"{stem}_seg.png"))
+        assert plain.shape == (*size, 3) and default.shape == (size[0] + strip_h, size[1], 3)
+        np.testing.assert_array_equal(default[:size[0]], plain)  # the scene is not covered
+        np.testing.assert_array_equal(cv2.imread(str(tmp_path / "legend-flag" / f"{stem}_seg.png")), default)
+        strip = {tuple(int(v) for v in px) for px in default[size[0]:].reshape(-1, 3)}
+        assert tuple(int(v) for v in lut[present]) in strip  # the swatch of the class shown
+        assert tuple(int(v) for v in lut[absent]) not in strip
+        assert len(strip) > 10  # text drawn (anti-aliased), not just a flat band
+    # A video: every frame gets the strip, the writer's size agrees.
+    proc = run_cli(shared_video, "--model", tiny_model(size=(64, 96)), "--max-frames", 3, "--output",
+                   tmp_path / "v.mp4", "--quiet", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert count_frames(tmp_path / "v.mp4")[:3] == (3, 768, 432 + legend_strip_height(432, 768))
 
 
 def test_one_bad_image_among_good_ones(tiny_model, tmp_path):
@@ -267,4 +301,4 @@ def test_ctrl_c_leaves_a_playable_partial_video(shared_video, tiny_model, tmp_pa
     assert "Traceback" not in stderr
     assert "interrupted by SIGINT after" in stderr
     n, w, h, _ = count_frames(out)
-    assert 0 < n < 377 and (w, h) == (768, 432)
+    assert 0 < n < 377 and (w, h) == (768, 432 + legend_strip_height(432, 768))

@@ -17,6 +17,8 @@ import pytest
 
 from conftest import SHARED_VIDEO, default_signals, read_video
 
+from lrformer_deploy.runtime.overlay import legend_strip_height
+
 REPO = Path(__file__).resolve().parent.parent
 SYNTHETIC_VIDEO = REPO / "samples" / "synthetic-scenes.mp4"
 SHARED_VIDEOS = [SHARED_VIDEO]
@@ -138,7 +140,8 @@ def test_signal_mid_video_keeps_a_playable_partial_and_the_earlier_output(sig, e
     assert str(kept) in final
     n, w, h = decode_frames(kept)
     assert 0 < n < total
-    assert (w, h) == decode_frames(long_video)[1:]
+    src_w, src_h = decode_frames(long_video)[1:]
+    assert (w, h) == (src_w, src_h + legend_strip_height(src_h, src_w))  # the default legend strip below
     if earlier:
         assert out.read_bytes() == before  # the complete earlier output survived
     assert leftovers(tmp_path) == []  # no temporaries, no lock files

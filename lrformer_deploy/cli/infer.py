@@ -46,7 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-overlay", action="store_true", help="do not write overlay images/videos")
     p.add_argument("--save-mask", metavar="DIR", help="write class-id PNG masks (stem.png, or stem_000123.png for video)")
     p.add_argument("--opacity", type=opacity, default=0.5, help="mask opacity in the overlay (0..1, default 0.5)")
-    p.add_argument("--legend", action="store_true", help="draw a legend of the classes present")
+    p.add_argument("--legend", action=argparse.BooleanOptionalAction, default=True,
+                   help="add a strip below each overlay naming the colours of the classes present (the default; "
+                        "the frame itself is not covered, so the overlay is taller than the input); "
+                        "--no-legend keeps the input's size")
     p.add_argument("--show", action="store_true", help="show the overlay in a window (q/Esc stops)")
     p.add_argument("--json", metavar="PATH", help="write a JSON summary (timings, latency, FPS) to PATH, '-' for stdout")
     p.add_argument("--max-frames", type=int, default=None, metavar="N", help="stop after N frames/images")

@@ -27,7 +27,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from lrformer_deploy.errors import UserError
-from lrformer_deploy.runtime.overlay import blend, draw_legend, palette_lut
+from lrformer_deploy.runtime.overlay import blend, palette_lut, with_legend_strip
 from lrformer_deploy.runtime.preprocess import Geometry
 from lrformer_deploy.runtime.sinks import Outputs
 from lrformer_deploy.runtime.sources import Frame, Source
@@ -39,7 +39,7 @@ _END = object()
 @dataclass
 class PipelineOptions:
     opacity: float = 0.5
-    legend: bool = False
+    legend: bool = False  # a strip below each overlay naming the classes' colours (lrformer-infer's default)
     show: bool = False
     progress: bool = True
     queue_size: int = 4  # batches in flight between two stages
@@ -272,7 +272,7 @@ def run_pipeline(segmenter: Any, source: Source, outputs: Outputs, options: Pipe
                     if draw:
                         overlay = blend(frame.image, mask, lut, options.opacity)
                         if options.legend:
-                            draw_legend(overlay, mask, segmenter.class_names, lut)
+                            overlay = with_legend_strip(overlay, mask, segmenter.class_names, lut)
                     outputs.write(frame, mask, overlay, is_video)
                     if options.show:
                         display[0] = overlay
