@@ -12,7 +12,7 @@ class UserError(Exception):
 
 # Optional packages a command may need, and the extra that installs them.
 _EXTRAS = {"torch": "export", "onnx": "export", "onnxscript": "export", "onnxruntime": "cpu] or [gpu",
-           "tensorrt": "tensorrt", "pycuda": "gpu", "jsonschema": "test", "tqdm": "export", "psutil": "export"}
+           "tensorrt": "tensorrt", "pycuda": "gpu", "jsonschema": "test", "psutil": "export"}
 
 # An unpinned `torch` from PyPI pulls several GB of CUDA packages; this pin resolves to a CPU build where
 # the index serves one (the README says how to get PyTorch's CPU build elsewhere).
@@ -37,15 +37,19 @@ def missing_package(package: str, what: str = "this command") -> str:
     return f"{what} needs the {package.split('.')[0]} package: {install_hint(package)}"
 
 
-def require_torch(what: str = "this command", alternative: str | None = None) -> None:
-    """UserError with the shared install hint unless torch can be imported (found without importing it)."""
+def has_package(name: str) -> bool:
+    """Whether `name` can be imported, found without importing it (a finder that refuses it: False)."""
     import importlib.util
 
     try:
-        found = importlib.util.find_spec("torch") is not None
-    except ImportError:  # a finder that refuses it (a broken install, a test's blocker)
-        found = False
-    if not found:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def require_torch(what: str = "this command", alternative: str | None = None) -> None:
+    """UserError with the shared install hint unless torch can be imported (found without importing it)."""
+    if not has_package("torch"):
         raise UserError(missing_package("torch", what) + (f"; {alternative}" if alternative else ""))
 
 

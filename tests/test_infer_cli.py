@@ -151,6 +151,16 @@ def test_legend_by_default_below_the_scene_and_no_legend_flag(tiny_model, shared
     assert count_frames(tmp_path / "v.mp4")[:3] == (3, 768, 432 + legend_strip_height(432, 768))
 
 
+def test_input_size_for_an_exported_model_is_refused(tiny_model, tmp_path):
+    """--input-size only applies to .pth checkpoints: with a graph (or the demo) it would be ignored."""
+    write_images(tmp_path / "imgs", {"a": RED})
+    proc = run_cli(tmp_path / "imgs", "--model", tiny_model(), "--input-size", "64x64", cwd=tmp_path)
+    assert_one_error_line(proc, "--input-size is for .pth checkpoints only", "tiny.onnx is an exported model")
+    proc = run_cli(tmp_path / "imgs", "--input-size", "64x64", cwd=tmp_path)
+    assert_one_error_line(proc, "--input-size is for .pth checkpoints only", "the demo model")
+    assert not (tmp_path / "imgs_seg").exists()
+
+
 def test_one_bad_image_among_good_ones(tiny_model, tmp_path):
     write_images(tmp_path / "imgs", {"good1": RED, "good2": BLUE})
     (tmp_path / "imgs" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n but then garbage")
@@ -288,8 +298,8 @@ def test_ctrl_c_leaves_a_playable_partial_video(shared_video, tiny_model, tmp_pa
         if not chunk:
             break
         seen += chunk
-        # a read can end mid-update: look at every complete "N/377 frames" so far, not the last line
-        done = [int(n) for n in re.findall(rb"(\d+)/377 frames", seen)]
+        # a read can end mid-update: look at every complete tqdm bar ("segment: 12%|..| 45/377 [") so far, not the last line
+        done = [int(n) for n in re.findall(rb"segment: +\d+%\|[^|]*\| *(\d+)/377 \[", seen)]
         if done and max(done) >= 10:
             break
     assert proc.poll() is None, f"finished before it could be interrupted: {seen[-300:]!r}"

@@ -92,8 +92,8 @@ def wait_for_frames(proc: subprocess.Popen, at_least: int = 10) -> bytes:
         if not chunk:
             break
         seen += chunk
-        # a read can end mid-update: look at every complete "N/M frames" so far, not the last line
-        done = [int(n) for n in re.findall(rb"(\d+)/\d+ frames", seen)]
+        # a read can end mid-update: look at every complete tqdm bar ("segment: 12%|..| 45/377 [") so far, not the last line
+        done = [int(n) for n in re.findall(rb"segment: +\d+%\|[^|]*\| *(\d+)/\d+ \[", seen)]
         if done and max(done) >= at_least:
             return seen
     raise AssertionError(f"no progress: {seen[-300:]!r}")
