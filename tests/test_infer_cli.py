@@ -298,7 +298,8 @@ def test_ctrl_c_leaves_a_playable_partial_video(shared_video, tiny_model, tmp_pa
         if not chunk:
             break
         seen += chunk
-        # a read can end mid-update: look at every complete tqdm bar ("segment: 12%|..| 45/377 [") so far, not the last line
+        # a read can end mid-update: look at every complete tqdm update ("segment: 12%|..| 45/377 ["),
+        # not only the last line
         done = [int(n) for n in re.findall(rb"segment: +\d+%\|[^|]*\| *(\d+)/377 \[", seen)]
         if done and max(done) >= 10:
             break

@@ -92,7 +92,8 @@ def wait_for_frames(proc: subprocess.Popen, at_least: int = 10) -> bytes:
         if not chunk:
             break
         seen += chunk
-        # a read can end mid-update: look at every complete tqdm bar ("segment: 12%|..| 45/377 [") so far, not the last line
+        # a read can end mid-update: look at every complete tqdm update ("segment: 12%|..| 45/377 ["),
+        # not only the last line
         done = [int(n) for n in re.findall(rb"segment: +\d+%\|[^|]*\| *(\d+)/\d+ \[", seen)]
         if done and max(done) >= at_least:
             return seen

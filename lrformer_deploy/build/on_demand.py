@@ -2,7 +2,8 @@
 
 The runtime (torch-free, below this package) asks for two things only, both lazily and both only when the
 user gave no exported graph: the demo model's graph (`lrformer-infer` with no --model; the graph shipped in
-the package, or, when that is missing or stale, exported once into the cache folder) and a temporary graph of a `.pth` checkpoint (`--model model.pth` on ONNX Runtime).
+the package, or, when that is missing or stale, exported once into the cache folder) and a temporary
+graph of a `.pth` checkpoint (`--model model.pth` on ONNX Runtime).
 Keeping both here, and nowhere else, is what lets tests/test_layers.py hold every other runtime import to
 the layers below it.
 """
