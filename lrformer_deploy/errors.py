@@ -12,7 +12,45 @@ class UserError(Exception):
 
 # Optional packages a command may need, and the extra that installs them.
 _EXTRAS = {"torch": "export", "onnx": "export", "onnxscript": "export", "onnxruntime": "cpu] or [gpu",
-           "tensorrt": "tensorrt", "pycuda": "gpu", "jsonschema": "test"}
+           "tensorrt": "tensorrt", "pycuda": "gpu", "jsonschema": "test", "psutil": "export"}
+
+# An unpinned `torch` from PyPI pulls several GB of CUDA packages; this pin resolves to a CPU build where
+# the index serves one (the README says how to get PyTorch's CPU build elsewhere).
+TORCH_CPU_PIN = "torch==2.13.0"
+
+
+def install_hint(package: str) -> str:
+    """The one way every command says how to install an optional package: the project's extra that holds
+    it (for torch, with the CPU build pin), never a bare `pip install <package>`."""
+    root = package.split(".")[0]
+    extra = _EXTRAS.get(root)
+    if extra is None:
+        return f"pip install {root}"
+    if extra == "export":
+        return f"pip install '{TORCH_CPU_PIN}' 'lrformer-deploy[export]' (the pinned CPU build we test)" \
+            if root == "torch" else "pip install 'lrformer-deploy[export]'"
+    return f"pip install 'lrformer-deploy[{extra}]'"
+
+
+def missing_package(package: str, what: str = "this command") -> str:
+    """`<what> needs the <package> package: <install hint>` -- one line."""
+    return f"{what} needs the {package.split('.')[0]} package: {install_hint(package)}"
+
+
+def has_package(name: str) -> bool:
+    """Whether `name` can be imported, found without importing it (a finder that refuses it: False)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def require_torch(what: str = "this command", alternative: str | None = None) -> None:
+    """UserError with the shared install hint unless torch can be imported (found without importing it)."""
+    if not has_package("torch"):
+        raise UserError(missing_package("torch", what) + (f"; {alternative}" if alternative else ""))
 
 
 def _interrupt_in_chain(exc: BaseException) -> KeyboardInterrupt | None:
@@ -56,8 +94,7 @@ def cli_entry(func):
             root = (exc.name or "").split(".")[0]
             if root not in _EXTRAS:
                 raise
-            print(f"error: this command needs the {root} package: pip install 'lrformer-deploy[{_EXTRAS[root]}]'",
-                  file=sys.stderr)
+            print(f"error: {missing_package(root)}", file=sys.stderr)
             return 2
         except KeyboardInterrupt as exc:
             return interrupted(exc)

@@ -20,6 +20,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -262,9 +263,9 @@ def wait_then_signal(proc: subprocess.Popen, sig: int, when: int) -> bytes:
         if when < 0 and time.monotonic() - start >= -when:
             break
         if when > 0 and seen:
-            last = seen.replace(b"\r", b"\n").splitlines()[-1] if seen.strip() else b""
-            head = last.split(b"/")[0].strip()
-            if b" frames" in last and head.isdigit() and int(head) >= when:
+            # lrformer-infer's tqdm bar: "segment:  12%|█▏  | 45/377 [00:02<00:15, 21.9frame/s]"
+            done = [int(n) for n in re.findall(rb"segment: +\d+%\|[^|]*\| *(\d+)/\d+ \[", seen)]
+            if done and max(done) >= when:
                 break
         time.sleep(0.05)
     if proc.poll() is None:
@@ -276,7 +277,7 @@ def wait_then_signal(proc: subprocess.Popen, sig: int, when: int) -> bytes:
 def first_line(stderr: str) -> str:
     lines = [ln.strip() for ln in stderr.replace("\r", "\n").splitlines() if ln.strip()]
     # The progress line is not what the user is told; the first message after it is.
-    msgs = [ln for ln in lines if not (" frames " in ln and "fps" in ln)]
+    msgs = [ln for ln in lines if not re.match(r"segment: +\d+%\|", ln)]
     # Notes ("note: random weights") come first for some commands; the verdict is the error/interrupt line.
     verdict = [ln for ln in msgs if ln.startswith(("error", "interrupted", "Traceback"))]
     return (verdict or msgs or lines or [""])[0]

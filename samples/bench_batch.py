@@ -126,7 +126,8 @@ def main() -> None:
             cv2.imwrite(str(frames / f"frame_{n:05d}.jpg"), frame, [cv2.IMWRITE_JPEG_QUALITY, 95])
             n += 1
         cap.release()
-        overlay = ["--output", None] if args.overlay else ["--no-overlay"]
+        # lrformer-batch draws no legend unless asked: neither does lrformer-infer here (like for like)
+        overlay = ["--output", None, "--no-legend"] if args.overlay else ["--no-overlay"]
 
         infer_frames = infer_wall = 0.0
         infer_rss = 0

@@ -77,7 +77,7 @@ def main() -> int:
         print(f"load average before: {os.getloadavg()}")
         t, cpu = time.perf_counter(), child_cpu()
         subprocess.run([sys.executable, "-m", "lrformer_deploy.cli.infer", str(video), "--model", args.model,
-                        "--output", f"{tmp}/infer.mp4", "--quiet"], check=True)
+                        "--output", f"{tmp}/infer.mp4", "--no-legend", "--quiet"], check=True)  # gst draws none
         rows.append(("lrformer-infer (OpenCV mp4v)", n / (time.perf_counter() - t), (child_cpu() - cpu) / n))
         for chain, ext in CHAINS.items():
             t, cpu = time.perf_counter(), child_cpu()

@@ -23,6 +23,8 @@ import pytest
 
 from conftest import build_tiny_model, default_signals, read_video
 
+from lrformer_deploy.runtime.overlay import legend_strip_height
+
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
                                 reason="needs Ray Data: pip install '.[batch]'")
 
@@ -154,7 +156,8 @@ def test_masks_and_overlay_video_match_lrformer_infer(tmp_path, data, ray_addres
     out = tmp_path / "out"
     # The folder as a file:// URI: the other way in besides plain paths. 8 frames per task: 4 video tasks.
     proc = run_cli("batch", data["frames"].as_uri(), data["video"], "--output", out, "--model", data["model"],
-                   "--save-mask", "--overlay", "--frames-per-task", 8, "--batch-size", 4, "--address", ray_address)
+                   "--save-mask", "--overlay", "--legend", "--frames-per-task", 8, "--batch-size", 4,
+                   "--address", ray_address)
     assert proc.returncode == 0, proc.stderr
 
     expected = read_masks(ref_masks)
@@ -168,7 +171,9 @@ def test_masks_and_overlay_video_match_lrformer_infer(tmp_path, data, ray_addres
     overlay, fps = read_video(out / "overlays" / "clip_seg.mp4")
     assert len(overlay) == len(src) == VIDEO_FRAMES
     assert fps == pytest.approx(src_fps, abs=0.01)
-    assert overlay[0].shape == src[0].shape
+    # --legend: the strip below the frame that lrformer-infer adds by default, on every frame alike
+    h, w = src[0].shape[:2]
+    assert overlay[0].shape == (h + legend_strip_height(h, w), w, 3)
     reference, _ = read_video(ref_video)
     assert all(np.array_equal(a, b) for a, b in zip(overlay, reference)), "overlay frames differ from lrformer-infer's"
     assert len(list((out / "overlays").glob("frame_*_seg.png"))) == N_FRAMES

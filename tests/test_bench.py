@@ -240,3 +240,18 @@ def test_cli_subprocess_exit_code_and_no_traceback(tmp_path):
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.startswith("error:") and "Traceback" not in proc.stderr
+
+
+def test_compare_labels_its_two_agreement_figures(compare_report):
+    """The table's agreement is against torch-eager on the benchmark input; a reduced row's note quotes the
+    build's check against the FP32 graph on held-out frames. Both say which they are."""
+    from lrformer_deploy.bench.report import AGREE_NOTE, format_report
+
+    text = format_report(compare_report)
+    assert "agree(torch)" in text.splitlines()[text.splitlines().index("") + 1]  # the table header
+    assert AGREE_NOTE in text
+    rows = {r["name"]: r for r in compare_report["rows"]}
+    for name in ("ort-fp16", "ort-int8"):
+        assert "build check vs the FP32 graph on 2 held-out frames: mask agreement" in rows[name]["note"], rows[name]
+        figure = float(rows[name]["note"].rsplit("mask agreement ", 1)[1])
+        assert 0.0 <= figure <= 1.0

@@ -95,3 +95,13 @@ def test_not_an_lrformer_state_dict(tmp_path):
     torch.save({"state_dict": {"conv.weight": torch.zeros(3, 3, 1, 1)}}, tmp_path / "other.pth")
     with pytest.raises(UserError, match="not an LRFormer"):
         load_checkpoint(tmp_path / "other.pth")
+
+
+def test_pickled_module_is_refused_in_one_short_line_without_weights_only(tmp_path):
+    path = tmp_path / "whole-model.pth"
+    torch.save(torch.nn.Conv2d(3, 3, 1), path)  # the whole module pickled, not its state_dict
+    with pytest.raises(UserError) as info:
+        load_checkpoint(path)
+    message = str(info.value)
+    assert "state_dict" in message and "weights_only" not in message and "\n" not in message
+    assert len(message) < 130 + len(str(path))

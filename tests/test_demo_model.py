@@ -30,6 +30,60 @@ def demo_onnx(tmp_path_factory):
     return demo.default_model(tmp_path_factory.mktemp("demo-cache"))
 
 
+def _sample_frames(step: int = 4) -> list[np.ndarray]:
+    cap = cv2.VideoCapture(str(SAMPLE))
+    frames, i = [], 0
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        if i % step == 0:
+            frames.append(frame)
+        i += 1
+    cap.release()
+    return frames
+
+
+def test_shipped_graph_is_the_shipped_checkpoints(demo_onnx):
+    """The graph shipped for torch-free quick starts is the shipped checkpoint's: its manifest records the
+    checkpoint's sha256, and a fresh export of the checkpoint (demo_onnx) gives the same masks on the
+    sample video. A retrained checkpoint without a re-shipped graph (samples/ship_demo_graph.py) fails here."""
+    from lrformer_deploy import manifest as mf
+
+    manifest = json.loads(demo.SHIPPED_GRAPH.with_suffix(".json").read_text())
+    assert manifest["model"]["checkpoint_sha256"] == mf.sha256_file(demo.CHECKPOINT)
+    assert manifest["artifacts"]["onnx"]["sha256"] == mf.sha256_file(demo.SHIPPED_GRAPH)
+    assert manifest["artifacts"]["onnx"]["file"] == demo.SHIPPED_GRAPH.name
+    assert demo.shipped_model() == demo.SHIPPED_GRAPH and demo.default_model() == demo.SHIPPED_GRAPH
+    fresh = json.loads(demo_onnx.with_suffix(".json").read_text())
+    assert manifest["input"] == fresh["input"] and manifest["output"] == fresh["output"]
+    assert manifest["model"] == fresh["model"] and manifest["opset"] == fresh["opset"]
+    # Small: the weights once, nothing folded into large constants (the checkpoint holds the same weights).
+    assert demo.SHIPPED_GRAPH.stat().st_size < 1.1 * demo.CHECKPOINT.stat().st_size
+    frames = _sample_frames()
+    assert len(frames) == 21
+    with Segmenter(demo.SHIPPED_GRAPH) as shipped, Segmenter(demo_onnx) as exported:
+        for frame in frames:
+            np.testing.assert_array_equal(shipped(frame), exported(frame))
+
+
+def test_stale_or_broken_shipped_graph_is_not_used(tmp_path, monkeypatch):
+    retrained = tmp_path / "lrformer-demo-synthetic.pth"
+    retrained.write_bytes(demo.CHECKPOINT.read_bytes() + b"\0")  # another checkpoint's sha256
+    monkeypatch.setattr(demo, "CHECKPOINT", retrained)
+    assert demo.shipped_model() is None
+    monkeypatch.undo()
+    graph = tmp_path / demo.SHIPPED_GRAPH.name
+    graph.write_bytes(demo.SHIPPED_GRAPH.read_bytes()[:-1])  # a truncated graph
+    graph.with_suffix(".json").write_text(demo.SHIPPED_GRAPH.with_suffix(".json").read_text())
+    monkeypatch.setattr(demo, "SHIPPED_GRAPH", graph)
+    assert demo.shipped_model() is None
+    graph.write_bytes((demo.WEIGHTS / graph.name).read_bytes())
+    assert demo.shipped_model() == graph  # the control: the same files, intact, are used
+    graph.with_suffix(".json").write_text("{not json")
+    assert demo.shipped_model() is None
+
+
 def test_runtime_mask_equals_the_exporters_computation(demo_onnx, shared_video):
     """Segmenter(frame) == PyTorch model on the exporter's preprocessing (preprocess_image) of that frame."""
     from lrformer_deploy.model.checkpoint import load_checkpoint

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import subprocess
 import sys
 
@@ -105,11 +106,52 @@ def test_cli_exports_checkpoint_and_skips_engine(tmp_path):
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "out" / "d.onnx").is_file() and (tmp_path / "out" / "d.json").is_file()
     assert "max abs diff" in r.stdout
+    assert json.loads((tmp_path / "out" / "d.json").read_text())["model"]["random_weights"] is False
     if "engine step skipped" in r.stderr:   # no TensorRT here: one line, still exit 0
         assert len([ln for ln in r.stderr.splitlines() if "engine step skipped" in ln]) == 1
     r = _cli("--ckpt", str(ckpt), "--size", "64x64", "--output-dir", str(tmp_path / "out"), "--engine")
     if "engine step skipped" not in r.stderr and r.returncode != 0:
         assert "--engine was demanded" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_manifests_say_what_their_graphs_hold_and_engine_skip_is_one_line(tmp_path, shared_video):
+    """--variant without --ckpt is recorded as random weights; each manifest's opset is its graph's (INT8's
+    Q/DQ graph is opset 19); a missing TensorRT is said once, not once per graph."""
+    out = tmp_path / "out"
+    r = _cli("--variant", "demo", "--num-classes", "6", "--size", "64x64", "--fp16", "--int8", "--calib",
+             str(shared_video), "--calib-count", "4", "--output-dir", str(out))
+    assert r.returncode == 0, r.stderr
+    stem = out / "lrformer-demo-synthetic-64x64"
+    opsets = {}
+    for suffix in ("", "-fp16", "-int8"):
+        manifest = json.loads(Path(f"{stem}{suffix}.json").read_text())
+        validate_manifest(manifest)
+        graph = onnx.load(f"{stem}{suffix}.onnx", load_external_data=False)
+        held = next(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx"))
+        assert manifest["opset"] == held, suffix
+        assert manifest["model"]["random_weights"] is True and "checkpoint_sha256" not in manifest["model"]
+        opsets[suffix] = held
+    assert opsets == {"": 17, "-fp16": 17, "-int8": 19}
+    skipped = [ln for ln in r.stderr.splitlines() if "engine step skipped" in ln]
+    if skipped or "tensorrt" not in r.stdout.lower():  # no TensorRT/GPU here: one line for both graphs
+        assert len(skipped) == 1 and skipped[0].startswith("engine step skipped (fp16, int8): "), r.stderr
+
+
+def test_ckpt_given_another_model_file_says_what_it_is(tmp_path):
+    from lrformer_deploy.build.demo import SHIPPED_GRAPH
+
+    renamed = tmp_path / "model.pth"
+    renamed.write_bytes(SHIPPED_GRAPH.read_bytes())
+    (tmp_path / "model.json").write_text("{}")
+    for path, what in ((SHIPPED_GRAPH, "an exported ONNX graph"), (renamed, "an exported ONNX graph"),
+                       (tmp_path / "model.json", "a JSON file (an export manifest?)")):
+        r = _cli("--ckpt", str(path), "--output-dir", str(tmp_path / "out"))
+        assert r.returncode == 2 and "Traceback" not in r.stderr
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"error: --ckpt {path} is {what}, not a checkpoint: "
+                                                       "--ckpt wants a PyTorch .pth"), r.stderr
+        assert "weights_only" not in r.stderr and len(lines[0]) < 120 + len(str(path))
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("make,args,needle", [

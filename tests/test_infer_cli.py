@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 from conftest import default_signals
 
+from lrformer_deploy.runtime.overlay import legend_strip_height, palette_lut
+
 REPO = Path(__file__).resolve().parent.parent
 RED, GREEN, BLUE = (0, 0, 255), (0, 255, 0), (255, 0, 0)  # BGR
 
@@ -64,7 +66,9 @@ def test_video_in_playable_video_out_same_frames_size_fps(shared_video, tiny_mod
                    cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     n, w, h, fps = count_frames(out)
-    assert (n, w, h) == (src_frames, src_w, src_h) == (377, 768, 432)
+    # The default legend strip is added below the frame: the writer gets the taller size on every frame.
+    assert (n, w, h) == (src_frames, src_w, src_h + legend_strip_height(src_h, src_w)) and (n, w) == (377, 768)
+    assert legend_strip_height(src_h, src_w) > 0
     assert fps == pytest.approx(src_fps, abs=0.01)
     summary = json.loads((tmp_path / "s.json").read_text())
     assert summary["frames"] == 377 and summary["failed"] == []
@@ -79,7 +83,7 @@ def test_default_output_names_and_video_masks(shared_video, tiny_model, tmp_path
     proc = run_cli(video, "--model", tiny_model(head="logits", size=(64, 64)), "--max-frames", 5,
                    "--save-mask", tmp_path / "m", "--resize", "keep-ratio", "--legend", "--quiet", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert count_frames(tmp_path / "clip_seg.mp4")[:3] == (5, 768, 432)
+    assert count_frames(tmp_path / "clip_seg.mp4")[:3] == (5, 768, 432 + legend_strip_height(432, 768))
     masks = sorted(p.name for p in (tmp_path / "m").iterdir())
     assert masks == [f"clip_{i:06d}.png" for i in range(5)]
     mask = cv2.imread(str(tmp_path / "m" / masks[0]), cv2.IMREAD_UNCHANGED)
@@ -96,7 +100,7 @@ def test_folder_of_images_writes_masks_and_overlays(tiny_model, tmp_path):
         assert mask.shape == (36, 50) and mask.ndim == 2
         assert np.all(mask == cid)
         overlay = cv2.imread(str(tmp_path / "imgs_seg" / f"{stem}_seg.png"))
-        assert overlay.shape == (36, 50, 3)
+        assert overlay.shape == (36 + legend_strip_height(36, 50), 50, 3)
     summary = json.loads(proc.stdout)
     assert summary["frames"] == 3 and summary["source"] == "images"
 
@@ -114,7 +118,47 @@ def test_single_image_and_glob(tiny_model, tmp_path):
     proc = run_cli(tmp_path / "g" / "y.png", "--model", model, "--output", tmp_path / "o.png", "--quiet", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     overlay = cv2.imread(str(tmp_path / "o.png"))
-    assert overlay.shape == (36, 50, 3) and not (tmp_path / "g" / "y_seg.png").exists()
+    assert overlay.shape == (36 + legend_strip_height(36, 50), 50, 3) and not (tmp_path / "g" / "y_seg.png").exists()
+
+
+def test_legend_by_default_below_the_scene_and_no_legend_flag(tiny_model, shared_video, tmp_path):
+    """The default overlay names the colours in a strip below the frame; the frame's pixels are the same
+    as with --no-legend (nothing covered); --no-legend keeps the input's size."""
+    from conftest import TINY_PALETTE
+
+    size = (60, 240)
+    write_images(tmp_path / "imgs", {"r": RED, "b": BLUE}, size=size)
+    model = tiny_model()
+    for flags, out in (([], "with"), (["--legend"], "legend-flag"), (["--no-legend"], "without")):
+        proc = run_cli(tmp_path / "imgs", "--model", model, "--output", tmp_path / out, "--quiet", *flags, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+    lut = palette_lut(TINY_PALETTE)
+    strip_h = legend_strip_height(*size)
+    for stem, present, absent in (("r", 0, 2), ("b", 2, 0)):
+        default = cv2.imread(str(tmp_path / "with" / f"{stem}_seg.png"))
+        plain = cv2.imread(str(tmp_path / "without" / f"{stem}_seg.png"))
+        assert plain.shape == (*size, 3) and default.shape == (size[0] + strip_h, size[1], 3)
+        np.testing.assert_array_equal(default[:size[0]], plain)  # the scene is not covered
+        np.testing.assert_array_equal(cv2.imread(str(tmp_path / "legend-flag" / f"{stem}_seg.png")), default)
+        strip = {tuple(int(v) for v in px) for px in default[size[0]:].reshape(-1, 3)}
+        assert tuple(int(v) for v in lut[present]) in strip  # the swatch of the class shown
+        assert tuple(int(v) for v in lut[absent]) not in strip
+        assert len(strip) > 10  # text drawn (anti-aliased), not just a flat band
+    # A video: every frame gets the strip, the writer's size agrees.
+    proc = run_cli(shared_video, "--model", tiny_model(size=(64, 96)), "--max-frames", 3, "--output",
+                   tmp_path / "v.mp4", "--quiet", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert count_frames(tmp_path / "v.mp4")[:3] == (3, 768, 432 + legend_strip_height(432, 768))
+
+
+def test_input_size_for_an_exported_model_is_refused(tiny_model, tmp_path):
+    """--input-size only applies to .pth checkpoints: with a graph (or the demo) it would be ignored."""
+    write_images(tmp_path / "imgs", {"a": RED})
+    proc = run_cli(tmp_path / "imgs", "--model", tiny_model(), "--input-size", "64x64", cwd=tmp_path)
+    assert_one_error_line(proc, "--input-size is for .pth checkpoints only", "tiny.onnx is an exported model")
+    proc = run_cli(tmp_path / "imgs", "--input-size", "64x64", cwd=tmp_path)
+    assert_one_error_line(proc, "--input-size is for .pth checkpoints only", "the demo model")
+    assert not (tmp_path / "imgs_seg").exists()
 
 
 def test_one_bad_image_among_good_ones(tiny_model, tmp_path):
@@ -204,6 +248,38 @@ def test_no_model_and_no_demo_is_one_line(tmp_path):
     assert_one_error_line(proc, "no --model given and the demo model is not available")
 
 
+NO_TORCH_SHIM = textwrap.dedent("""
+    import importlib.abc, sys
+    class _NoTorch(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "torch" or name.startswith("torch."):
+                raise ModuleNotFoundError("No module named 'torch' (blocked for this test)", name="torch")
+    sys.meta_path.insert(0, _NoTorch())
+""")
+
+
+def test_quick_start_runs_without_torch(tmp_path):
+    """`lrformer-infer samples/synthetic-scenes.mp4` on a runtime-only install: the shipped demo graph, no
+    export, no torch (importing it fails), an empty cache folder."""
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "sitecustomize.py").write_text(NO_TORCH_SHIM)
+    blocked = subprocess.run([sys.executable, "-c", "import torch"], env=cli_env(shim), capture_output=True)
+    assert blocked.returncode != 0  # the shim works: torch cannot be imported in the child
+    (tmp_path / "samples").mkdir()
+    video = tmp_path / "samples" / "synthetic-scenes.mp4"
+    video.write_bytes((REPO / "samples" / "synthetic-scenes.mp4").read_bytes())
+    env = {**cli_env(shim), "LRFORMER_DEPLOY_CACHE": str(tmp_path / "empty-cache")}
+    proc = subprocess.run([sys.executable, "-m", "lrformer_deploy.cli.infer", "samples/synthetic-scenes.mp4",
+                           "--quiet"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "export" not in proc.stderr and "torch" not in proc.stderr, proc.stderr
+    n, w, h, _ = count_frames(tmp_path / "samples" / "synthetic-scenes_seg.mp4")
+    src_n, src_w, _, _ = count_frames(video)
+    assert n == src_n == 84 and w == src_w
+    assert not (tmp_path / "empty-cache" / "lrformer-demo-synthetic-256x448.onnx").exists()
+
+
 def test_ctrl_c_leaves_a_playable_partial_video(shared_video, tiny_model, tmp_path):
     # Interrupt once the progress line reports some frames; the run takes seconds, so it is midway.
     model = tiny_model(head="logits", size=(64, 64), num_classes=64)
@@ -222,8 +298,9 @@ def test_ctrl_c_leaves_a_playable_partial_video(shared_video, tiny_model, tmp_pa
         if not chunk:
             break
         seen += chunk
-        # a read can end mid-update: look at every complete "N/377 frames" so far, not the last line
-        done = [int(n) for n in re.findall(rb"(\d+)/377 frames", seen)]
+        # a read can end mid-update: look at every complete tqdm update ("segment: 12%|..| 45/377 ["),
+        # not only the last line
+        done = [int(n) for n in re.findall(rb"segment: +\d+%\|[^|]*\| *(\d+)/377 \[", seen)]
         if done and max(done) >= 10:
             break
     assert proc.poll() is None, f"finished before it could be interrupted: {seen[-300:]!r}"
@@ -235,4 +312,4 @@ def test_ctrl_c_leaves_a_playable_partial_video(shared_video, tiny_model, tmp_pa
     assert "Traceback" not in stderr
     assert "interrupted by SIGINT after" in stderr
     n, w, h, _ = count_frames(out)
-    assert 0 < n < 377 and (w, h) == (768, 432)
+    assert 0 < n < 377 and (w, h) == (768, 432 + legend_strip_height(432, 768))

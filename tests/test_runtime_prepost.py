@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from lrformer_deploy.errors import UserError
-from lrformer_deploy.runtime.overlay import blend, draw_legend, palette_lut
+from lrformer_deploy.runtime.overlay import blend, legend_strip_height, palette_lut, with_legend_strip
 from lrformer_deploy.runtime.postprocess import logits_to_frame, mask_to_frame
 from lrformer_deploy.runtime.preprocess import Preprocessor, compute_geometry, preprocess_image
 
@@ -153,7 +153,7 @@ def test_logits_keep_ratio_ignores_padding_cells():
     assert np.mean(out == 1) > 0.9 and np.all(out[: 64 * 3 // 4] == 1)
 
 
-def test_overlay_blend_and_legend():
+def test_overlay_blend():
     frame = np.zeros((40, 60, 3), np.uint8)
     mask = np.zeros((40, 60), np.uint8)
     mask[:, 30:] = 1
@@ -163,6 +163,30 @@ def test_overlay_blend_and_legend():
     half = blend(frame, mask, lut, opacity=0.5)
     assert 120 <= half[0, 0, 2] <= 135
     np.testing.assert_array_equal(blend(frame, mask, lut, 0.0), frame)
-    canvas = np.full((200, 300, 3), 128, np.uint8)
-    draw_legend(canvas, mask, ["left", "right"], lut)
-    assert not np.all(canvas == 128)
+
+
+def test_legend_strip_names_present_colours_below_an_untouched_frame():
+    lut = palette_lut([(200, 10, 10), (10, 200, 10), (10, 10, 200), (250, 250, 0)])
+    frame = np.random.default_rng(0).integers(0, 256, (120, 400, 3), dtype=np.uint8)
+    mask = np.zeros((120, 400), np.uint8)
+    mask[:, 200:] = 2  # classes 0 and 2 present; 1 and 3 absent
+    out = with_legend_strip(frame, mask, ["red", "green", "blue", "yellow"], lut)
+    strip_h = legend_strip_height(120, 400)
+    assert out.shape == (120 + strip_h, 400, 3) and strip_h % 2 == 0
+    np.testing.assert_array_equal(out[:120], frame)  # no scene pixel covered
+    strip = out[120:].reshape(-1, 3)
+    colours = {tuple(int(v) for v in px) for px in strip}
+    assert tuple(int(v) for v in lut[0]) in colours and tuple(int(v) for v in lut[2]) in colours
+    assert tuple(int(v) for v in lut[1]) not in colours and tuple(int(v) for v in lut[3]) not in colours
+    # The strip's height depends on the frame size only: every frame of a video has the same size.
+    other = with_legend_strip(frame, np.full((120, 400), 3, np.uint8), ["red", "green", "blue", "yellow"], lut)
+    assert other.shape == out.shape
+    # Too many classes for the width: the largest areas are kept, and the rest counted, not drawn over.
+    narrow_mask = np.zeros((60, 120), np.uint8)
+    narrow_mask[:, 80:] = 3
+    narrow = with_legend_strip(np.zeros((60, 120, 3), np.uint8), narrow_mask,
+                               ["a", "b", "c", "a-class-name-too-long-for-the-width"], lut)
+    narrow_colours = {tuple(int(v) for v in px) for px in narrow[60:].reshape(-1, 3)}
+    assert tuple(int(v) for v in lut[0]) in narrow_colours  # 2/3 of the area
+    assert tuple(int(v) for v in lut[3]) not in narrow_colours
+    np.testing.assert_array_equal(narrow[:60], 0)

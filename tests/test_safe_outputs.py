@@ -17,6 +17,8 @@ import pytest
 
 from conftest import SHARED_VIDEO, default_signals, read_video
 
+from lrformer_deploy.runtime.overlay import legend_strip_height
+
 REPO = Path(__file__).resolve().parent.parent
 SYNTHETIC_VIDEO = REPO / "samples" / "synthetic-scenes.mp4"
 SHARED_VIDEOS = [SHARED_VIDEO]
@@ -90,8 +92,9 @@ def wait_for_frames(proc: subprocess.Popen, at_least: int = 10) -> bytes:
         if not chunk:
             break
         seen += chunk
-        # a read can end mid-update: look at every complete "N/M frames" so far, not the last line
-        done = [int(n) for n in re.findall(rb"(\d+)/\d+ frames", seen)]
+        # a read can end mid-update: look at every complete tqdm update ("segment: 12%|..| 45/377 ["),
+        # not only the last line
+        done = [int(n) for n in re.findall(rb"segment: +\d+%\|[^|]*\| *(\d+)/\d+ \[", seen)]
         if done and max(done) >= at_least:
             return seen
     raise AssertionError(f"no progress: {seen[-300:]!r}")
@@ -138,7 +141,8 @@ def test_signal_mid_video_keeps_a_playable_partial_and_the_earlier_output(sig, e
     assert str(kept) in final
     n, w, h = decode_frames(kept)
     assert 0 < n < total
-    assert (w, h) == decode_frames(long_video)[1:]
+    src_w, src_h = decode_frames(long_video)[1:]
+    assert (w, h) == (src_w, src_h + legend_strip_height(src_h, src_w))  # the default legend strip below
     if earlier:
         assert out.read_bytes() == before  # the complete earlier output survived
     assert leftovers(tmp_path) == []  # no temporaries, no lock files

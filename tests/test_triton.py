@@ -520,3 +520,113 @@ def test_repository_plan_config_from_engine_record(tmp_path, tiny_model):
     assert (folder / frames_manifest["artifacts"]["engine"]["file"]).resolve() == \
         (tmp_path / "repo" / "tiny" / "1" / gpu.default_model_filename).resolve()
     assert (folder / frames_manifest["artifacts"]["onnx"]["file"]).read_bytes() == onnx_path.read_bytes()
+
+
+# ---------------------------------------------------------------------------------------------- socket paths
+def test_socket_paths_fit_af_unix_whatever_home_and_name(monkeypatch, tmp_path):
+    """PyTriton names its Unix sockets after the model inside its workspace; the workspace we give it is
+    short enough for a long model name even when $HOME and $TMPDIR are long."""
+    from lrformer_deploy.errors import UserError
+    from lrformer_deploy.triton import serve
+
+    name = "lrformer-xl-cityscapes-1024x2048_frames"
+    assert serve.socket_names(name, 2) == [f"{name}-data.sock", f"{name}-config.sock",
+                                           f"{name}_0_0-server.sock", f"{name}_0_1-server.sock"]
+    assert serve.longest_socket_path("/w", "m", 1) == len("/w/m_0_0-server.sock")
+    assert serve.longest_socket_path("/w", "m", 12) == len("/w/m_0_11-server.sock")
+    assert serve.max_model_name_length("/w", 1) + len("/w/_0_0-server.sock") == serve.AF_UNIX_PATH_MAX
+    # PyTriton's default workspace under a 19-character home already overflows (the reported failure).
+    default = "/home/first.lastname/.cache/pytriton/workspace_abcdefgh"
+    assert serve.longest_socket_path(default, "lrformer-demo-synthetic-256x448_frames") > serve.AF_UNIX_PATH_MAX
+
+    long_tmp = tmp_path / ("t" * 80)
+    long_tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(long_tmp))
+    monkeypatch.setattr(serve.tempfile, "tempdir", None)  # re-read TMPDIR
+    root = serve.short_workspace_root(name, 4)
+    try:
+        assert not str(root).startswith(str(long_tmp))  # a long $TMPDIR falls back to /tmp
+        workspace = root / "w"
+        assert serve.longest_socket_path(workspace, name, 4) <= serve.AF_UNIX_PATH_MAX - 30
+        hundred = "m" * 100  # no folder fits a 100-character name: refused in one line, before serving
+        with pytest.raises(UserError, match=r"100 characters.*--name") as info:
+            serve.short_workspace_root(hundred, 1)
+        assert "\n" not in str(info.value)
+        fits = "m" * serve.max_model_name_length(workspace, 1)
+        extra = serve.short_workspace_root(fits, 1)
+        assert serve.longest_socket_path(extra / "w", fits, 1) <= serve.AF_UNIX_PATH_MAX
+        extra.rmdir()
+    finally:
+        root.rmdir()
+
+
+def test_failure_cause_is_one_line():
+    from lrformer_deploy.triton.serve import log_cause
+
+    tb = ('"failed to load \'m_frames\' version 1: Internal: TritonModelException: Model initialize error: '
+          'Traceback (most recent call last):\\n  File \\"/tmp/x/1/model.py\\", line 419, in initialize\\n'
+          '    self.start()\\nOSError: AF_UNIX path too long\\n\\n\\nAt:\\n  /tmp/x/1/model.py(454): initialize\\n"')
+    log = ("I1130 13:49:18.046598 20587 http_server.cc:4713] \"Started HTTPService at 127.0.0.1:18123\"\n"
+           "W1130 13:49:18.1 20587 pinned_memory_manager.cc:273] \"Unable to allocate pinned memory\"\n"
+           f"E1130 13:49:21.813616 20587 model_lifecycle.cc:642] {tb}\n"
+           "I1130 13:49:21.813645 20587 model_lifecycle.cc:777] \"failed to load 'm_frames'\"\n")
+    cause = log_cause(log)
+    assert cause == ("failed to load 'm_frames' version 1: Internal: TritonModelException: Model initialize error: "
+                     "OSError: AF_UNIX path too long")
+    assert log_cause("Traceback (most recent call last):\n  File x\nOSError: [Errno 98] Address in use\n") == \
+        "OSError: [Errno 98] Address in use"
+    assert log_cause("I1130 1:2:3.4 1 a.cc:1] \"all good\"\n") == ""
+
+
+@pytest.fixture
+def long_home_model(demo_onnx, tmp_path):
+    """A 60-character $HOME and the demo graph renamed as a Cityscapes XL model would be named."""
+    name = "lrformer-xl-cityscapes-1024x2048"
+    folder = tmp_path / "models"
+    folder.mkdir()
+    manifest = json.loads(demo_onnx.with_suffix(".json").read_text())
+    manifest["name"] = name
+    manifest["artifacts"]["onnx"]["file"] = f"{name}.onnx"
+    (folder / f"{name}.onnx").write_bytes(demo_onnx.read_bytes())
+    (folder / f"{name}.json").write_text(json.dumps(manifest))
+    base = Path(tempfile.mkdtemp(prefix="lrf-test-home-"))
+    home = base / ("h" * (60 - len(str(base)) - 1))
+    home.mkdir()
+    assert len(str(home)) == 60
+    try:
+        yield home, folder / f"{name}.json", f"{name}_frames"
+    finally:
+        import shutil
+
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_serve_under_a_long_home_with_a_long_model_name(long_home_model, frames, segmenter):
+    home, manifest, name = long_home_model
+    http, grpc = free_port(), free_port()
+    env = {**os.environ, "HOME": str(home), "TMPDIR": str(home)}
+    env.pop("XDG_CACHE_HOME", None)
+    env.pop("PYTRITON_HOME", None)
+    err = home / "stderr.txt"
+    with open(err, "w") as stderr:
+        proc = subprocess.Popen([sys.executable, "-m", "lrformer_deploy.cli.serve", str(manifest), "--http-port",
+                                 str(http), "--grpc-port", str(grpc)], env=env, stdout=subprocess.DEVNULL,
+                                stderr=stderr)
+    try:
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{http}")
+        try:
+            wait_ready(client, name, proc)
+        except AssertionError:
+            raise AssertionError(err.read_text()[-3000:]) from None
+        for frame in frames[:3]:  # requests answered, not HTTP 500
+            np.testing.assert_array_equal(http_frame(client, name, frame), segmenter(frame))
+        # PyTriton's sockets are not under the home folder (that is what overflowed AF_UNIX).
+        assert not (home / ".cache" / "pytriton").exists() or not any((home / ".cache" / "pytriton").rglob("*.sock"))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 128 + signal.SIGTERM

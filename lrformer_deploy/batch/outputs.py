@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 
 from lrformer_deploy.atomic import atomic_output
-from lrformer_deploy.runtime.overlay import blend, draw_legend, palette_lut
+from lrformer_deploy.runtime.overlay import blend, palette_lut, with_legend_strip
 
 MASKS, OVERLAYS, WORK = "masks", "overlays", ".work"
 MANIFEST = "manifest.json"
@@ -131,7 +131,7 @@ def assemble_overlay_video(video: str, mask_dir: str, stem: str, frames: int, ou
                     raise RuntimeError(f"mask of frame {i} is missing")
                 image = blend(frame, mask, lut, opacity)
                 if legend:
-                    draw_legend(image, mask, class_names, lut)
+                    image = with_legend_strip(image, mask, class_names, lut)
                 if writer is None:
                     h, w = image.shape[:2]
                     writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), float(fps), (w, h))

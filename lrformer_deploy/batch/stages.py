@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 
 from lrformer_deploy.batch.outputs import Layout, mask_name, overlay_name, write_image
-from lrformer_deploy.runtime.overlay import blend, draw_legend, palette_lut
+from lrformer_deploy.runtime.overlay import blend, palette_lut, with_legend_strip
 from lrformer_deploy.runtime.preprocess import as_bgr
 
 _EMPTY = np.zeros((0, 0, 3), np.uint8)
@@ -214,7 +214,7 @@ class BatchSegmenter:
         if layout.overlay:
             drawn = blend(image, mask, self.lut, self.opacity)
             if self.legend:
-                draw_legend(drawn, mask, self.segmenter.class_names, self.lut)
+                drawn = with_legend_strip(drawn, mask, self.segmenter.class_names, self.lut)
             write_image(layout.overlay_dir / overlay_name(stem, False), drawn)
 
     def __del__(self) -> None:

@@ -24,6 +24,11 @@ FOOTNOTE = ("speedup = torch-eager median / row median (same input, same threads
             "The FP16/INT8 graphs are meant for the GPU (TensorRT), where they pay off.")
 
 
+AGREE_NOTE = ("agree(torch) = fraction of mask pixels equal to torch-eager's on this benchmark's input; a note's "
+              "'build check vs the FP32 graph' is another figure: the reduced graph against the FP32 graph on "
+              "frames held out from calibration.")
+
+
 def as_mask(output: Any) -> np.ndarray:
     """Class ids from a mask output (N x H x W) or from logits (N x C x h x w -> argmax)."""
     if isinstance(output, dict):  # runner outputs: {name: array}, one output per graph here
@@ -107,7 +112,7 @@ def format_report(report: dict) -> str:
     compare = report["mode"] == "compare"
     header = f"{'backend':<13} {'prec':<6} {'device':<6} {'median':>9} {'p95':>9} {'mean':>9} {'min':>9} {'img/s':>8}"
     if compare:
-        header += f" {'speedup':>8} {'agree':>7}"
+        header += f" {'speedup':>8} {'agree(torch)':>12}"
     lines += ["", header + "  (latency in ms)", "-" * len(header)]
     for row in report["rows"]:
         head = f"{row['name']:<13} {row['precision']:<6} {row['device']:<6}"
@@ -118,7 +123,7 @@ def format_report(report: dict) -> str:
                 f"{row['min_ms']:>9.2f} {row['throughput_ips']:>8.2f}")
         if compare:
             sp, ag = row.get("speedup_vs_torch"), row.get("agreement_vs_torch")
-            text += f" {(f'{sp:.2f}x' if sp else '-'):>8} {(f'{ag:.4f}' if ag is not None else '-'):>7}"
+            text += f" {(f'{sp:.2f}x' if sp else '-'):>8} {(f'{ag:.4f}' if ag is not None else '-'):>12}"
         lines.append(text)
     notes = [f"  {row['name']}: {row['note']}" for row in report["rows"] if row.get("note")]
     if notes:
@@ -126,6 +131,5 @@ def format_report(report: dict) -> str:
     if report.get("warning"):
         lines += ["", "warning: " + report["warning"]]
     if report.get("footnote"):
-        lines += ["", "agree = fraction of mask pixels equal to torch-eager's on the same input.",
-                  report["footnote"]]
+        lines += ["", AGREE_NOTE, report["footnote"]]
     return "\n".join(lines)

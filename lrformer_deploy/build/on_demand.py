@@ -1,8 +1,9 @@
 """The runtime's one door into the build side: graphs it needs made while it runs.
 
 The runtime (torch-free, below this package) asks for two things only, both lazily and both only when the
-user gave no exported graph: the demo model's graph (`lrformer-infer` with no --model; exported once into
-the cache folder) and a temporary graph of a `.pth` checkpoint (`--model model.pth` on ONNX Runtime).
+user gave no exported graph: the demo model's graph (`lrformer-infer` with no --model; the graph shipped in
+the package, or, when that is missing or stale, exported once into the cache folder) and a temporary
+graph of a `.pth` checkpoint (`--model model.pth` on ONNX Runtime).
 Keeping both here, and nowhere else, is what lets tests/test_layers.py hold every other runtime import to
 the layers below it.
 """
@@ -13,7 +14,7 @@ from typing import Any
 
 
 def demo_graph() -> Path:
-    """The demo model's FP32 ONNX graph, exported into the cache folder on first use (needs torch then)."""
+    """The demo model's FP32 ONNX graph: the shipped one, else exported into the cache folder (needs torch)."""
     from lrformer_deploy.build.demo import default_model
 
     return Path(default_model())

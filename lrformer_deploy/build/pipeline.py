@@ -190,6 +190,9 @@ def _fp32(req: BuildRequest, result: BuildResult, steps: _Steps) -> Artifact:
                           dataset=dataset, variant=variant, checkpoint_sha256=ckpt_sha, quiet=req.quiet, **kwargs)
         manifest = res.manifest
         manifest["target"] = req.target
+        # --variant without --ckpt: seeded random weights, good for structure and speed only. Say so where
+        # every later reader (lrformer-info, the runtime, a reduced graph's manifest) sees it.
+        manifest["model"]["random_weights"] = req.checkpoint is None
         if manifest["opset"] != req.opset:
             _note(req, result, f"the exporter wrote opset {manifest['opset']} (asked for {req.opset}); "
                                "the manifest records what the graph holds")
@@ -247,6 +250,14 @@ def _existing(req: BuildRequest) -> Artifact:
     return Artifact("fp32", path, man if m is not None else None, m, reused=True)
 
 
+def graph_opset(onnx_path: Path) -> int | None:
+    """The default-domain opset an ONNX file imports (its weights are not read)."""
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+
+
 def precision_manifest(fp32_manifest: dict, onnx_name: str, staged_onnx: Path, precision: str,
                        details: dict, out_dir: Path) -> dict:
     from lrformer_deploy import manifest as mf
@@ -260,6 +271,7 @@ def precision_manifest(fp32_manifest: dict, onnx_name: str, staged_onnx: Path, p
     if cache and (out_dir / cache).is_file():
         m["artifacts"]["calibration_cache"] = mf.artifact_record(out_dir / cache, out_dir)
     m["precision_details"] = details
+    m["opset"] = graph_opset(staged_onnx)  # INT8 raises it (19 for FP16 Q/DQ scales): say what the graph holds
     m.pop("verification", None)
     m.pop("engine", None)
     m["created"] = mf.now_iso()

@@ -53,6 +53,33 @@ class BuildRequest:
     reuse: bool = False  # keep artifacts whose manifest shows they were made from the same inputs
 
 
+def not_a_checkpoint(path: str | os.PathLike) -> str | None:
+    """What `path` is when it is plainly another kind of model file than a checkpoint, else None.
+
+    Read from the name and the first bytes, before torch sees the file: torch.load's own refusal of an ONNX
+    graph is a paragraph about weights_only that suggests unpickling it anyway."""
+    from lrformer_deploy.runtime.spec import ENGINE_SUFFIXES, ONNX_SUFFIXES
+
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix in ONNX_SUFFIXES:
+        return "an exported ONNX graph"
+    if suffix in ENGINE_SUFFIXES:
+        return "a TensorRT engine"
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+    except OSError:
+        return None
+    if suffix == ".json" or head.lstrip()[:1] == b"{":
+        return "a JSON file (an export manifest?)"
+    if head[:2] == b"PK" or head[:1] == b"\x80":
+        return None  # torch's zip format, or a legacy pickle
+    if b"pytorch" in head[:32] or b"onnx" in head[:32].lower():
+        return "an exported ONNX graph"  # an ONNX file under another name: producer "pytorch" in its header
+    return None
+
+
 def physical_memory() -> int | None:
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -130,6 +157,11 @@ def validate(req: BuildRequest) -> None:
     for path, what in ((req.checkpoint, "checkpoint"), (req.graph, "ONNX graph")):
         if path is not None and not Path(path).is_file():
             raise UserError(f"{what} not found: {path}")
+    if req.checkpoint is not None:
+        other = not_a_checkpoint(req.checkpoint)
+        if other:
+            raise UserError(f"--ckpt {req.checkpoint} is {other}, not a checkpoint: --ckpt wants a PyTorch "
+                            ".pth (a state_dict)")
     if req.num_classes is not None and req.num_classes < 1:
         raise UserError(f"--num-classes must be at least 1, got {req.num_classes}")
     if req.batch < 1:

@@ -87,7 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overlay", action="store_true",
                    help="write overlays to DIR/overlays (stem_seg.png, and stem_seg.mp4 per video)")
     p.add_argument("--opacity", type=opacity, default=0.5, help="mask opacity in the overlay (0..1, default 0.5)")
-    p.add_argument("--legend", action="store_true", help="draw a legend of the classes present on overlays")
+    p.add_argument("--legend", action="store_true",
+                   help="add a strip below each overlay naming the colours of the classes present "
+                        "(as lrformer-infer does by default; the overlay is taller than the input)")
     p.add_argument("--address", type=_address, default=None,
                    help="Ray cluster to join: auto, HOST:PORT or ray://HOST:PORT (default: start Ray on this machine)")
     p.add_argument("--actors", type=_positive_int, default=None, metavar="N",

@@ -20,7 +20,13 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """argparse that reports a bad flag as one `error:` line (exit 2) without the usage block."""
+    """argparse that reports a bad flag as one `error:` line (exit 2) without the usage block, and takes
+    options only as spelled: `--max-frame` is refused, not read silently as `--max-frames` (an
+    abbreviation that works today stops working, or changes meaning, when an option is added)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):  # noqa: D401 - argparse API
         self.exit(2, f"error: {message} (see --help)\n")

@@ -26,7 +26,7 @@ import numpy as np
 
 from lrformer_deploy.contract import BACKENDS
 from lrformer_deploy.cli.common import OneLineParser
-from lrformer_deploy.errors import UserError, cli_entry
+from lrformer_deploy.errors import UserError, cli_entry, has_package, missing_package
 from lrformer_deploy.runtime.backends import tensorrt_missing
 from lrformer_deploy.data.evaluation import (
     LAYOUTS, RESIZE_MODES, ModelReport, evaluate, official_test_size, open_eval_folder,
@@ -153,14 +153,13 @@ def _check_options(args, models: list[str | None]):
         if not Path(m).exists():
             raise UserError(f"model file {m} does not exist")
         kinds.add(resolve_model(m).kind)
-    if "checkpoint" in kinds and importlib.util.find_spec("torch") is None:
-        raise UserError("a .pth model needs the torch package: pip install 'lrformer-deploy[export]'")
+    if "checkpoint" in kinds and not has_package("torch"):
+        raise UserError(missing_package("torch", "a .pth model"))
     if args.backend == "tensorrt" and tensorrt_missing("run") is not None:
         raise UserError(f"--backend tensorrt cannot run here: {tensorrt_missing('run')}")
     if args.backend in ("auto", "onnxruntime") and importlib.util.find_spec("onnxruntime") is None \
             and kinds - {"engine"}:
-        raise UserError("running the model with ONNX Runtime needs the onnxruntime package: "
-                        "pip install 'lrformer-deploy[cpu]'")
+        raise UserError(missing_package("onnxruntime", "running the model with ONNX Runtime"))
     return folder
 
 

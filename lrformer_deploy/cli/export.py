@@ -133,16 +133,18 @@ def main(argv=None) -> int:
                   f"{acc.get('mask_agreement', float('nan')):.4f}, logits relative error "
                   f"{acc.get('logits_rel_error', float('nan')):.3g}")
         summary[precision] = {"onnx": str(art.onnx), "manifest": str(art.manifest_path), "accuracy": acc}
+    skipped: dict[str, list[str]] = {}  # one line per reason, not one per graph (they share it)
     for art in result.artifacts.values():
         if art.engine is not None:
             line = f"engine: {art.engine}"
             if not args.quiet:
                 print(line)
+            summary.setdefault("engines", []).append(line)
         elif art.engine_skipped is not None:
-            line = f"engine step skipped: {art.engine_skipped}"
-            print(line, file=sys.stderr)
-        else:
-            continue
+            skipped.setdefault(art.engine_skipped, []).append(art.precision)
+    for reason, precisions in skipped.items():
+        line = f"engine step skipped ({', '.join(precisions)}): {reason}"
+        print(line, file=sys.stderr)
         summary.setdefault("engines", []).append(line)
     if args.triton:
         from lrformer_deploy.triton.repository import write_repository

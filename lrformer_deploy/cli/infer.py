@@ -15,7 +15,6 @@ process writing the same output is refused ("... is being written by another pro
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
@@ -24,7 +23,7 @@ from pathlib import Path
 from lrformer_deploy.contract import BACKENDS
 from lrformer_deploy import atomic
 from lrformer_deploy.cli.common import OneLineParser, opacity, parse_size, quiet_decoders, writable_folder
-from lrformer_deploy.errors import UserError, cli_entry
+from lrformer_deploy.errors import UserError, cli_entry, has_package, missing_package
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,7 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-overlay", action="store_true", help="do not write overlay images/videos")
     p.add_argument("--save-mask", metavar="DIR", help="write class-id PNG masks (stem.png, or stem_000123.png for video)")
     p.add_argument("--opacity", type=opacity, default=0.5, help="mask opacity in the overlay (0..1, default 0.5)")
-    p.add_argument("--legend", action="store_true", help="draw a legend of the classes present")
+    p.add_argument("--legend", action=argparse.BooleanOptionalAction, default=True,
+                   help="add a strip below each overlay naming the colours of the classes present (the default; "
+                        "the frame itself is not covered, so the overlay is taller than the input); "
+                        "--no-legend keeps the input's size")
     p.add_argument("--show", action="store_true", help="show the overlay in a window (q/Esc stops)")
     p.add_argument("--json", metavar="PATH", help="write a JSON summary (timings, latency, FPS) to PATH, '-' for stdout")
     p.add_argument("--max-frames", type=int, default=None, metavar="N", help="stop after N frames/images")
@@ -108,9 +110,9 @@ def plan_outputs(source, args: argparse.Namespace):
     return out
 
 
-def _need(module: str, why: str, extra: str) -> None:
-    if importlib.util.find_spec(module) is None:
-        raise UserError(f"{why} needs the {module} package: pip install 'lrformer-deploy[{extra}]'")
+def _need(module: str, why: str) -> None:
+    if not has_package(module):
+        raise UserError(missing_package(module, why))
 
 
 def _check_options(args: argparse.Namespace) -> None:
@@ -121,13 +123,19 @@ def _check_options(args: argparse.Namespace) -> None:
         raise UserError("--max-frames must be a positive number")
     kind = resolve_model(args.model).kind if args.model else "onnx"  # the demo model is an ONNX graph
     if kind == "checkpoint":
-        _need("torch", f"a .pth model ({Path(args.model).name})", "export")
+        _need("torch", f"a .pth model ({Path(args.model).name})")
     elif args.backend == "torch":
         raise UserError("--backend torch runs .pth checkpoints; for .onnx/.engine models use onnxruntime or tensorrt")
     if args.backend == "tensorrt":
-        _need("tensorrt", "--backend tensorrt", "tensorrt")
+        _need("tensorrt", "--backend tensorrt")
     elif args.backend != "torch" and not (kind == "engine" and args.backend == "auto"):
-        _need("onnxruntime", "running the model with ONNX Runtime", "cpu")
+        _need("onnxruntime", "running the model with ONNX Runtime")
+    if args.input_size is not None and kind != "checkpoint":
+        # An exported graph or engine has its input size built in; silently running at another size than
+        # the user asked for is worse than saying so.
+        what = f"{Path(args.model).name} is an exported model" if args.model else "the demo model is an exported graph"
+        raise UserError(f"--input-size is for .pth checkpoints only; {what} with a fixed input size "
+                        "(export again with lrformer-export --size to change it)")
     if args.input_size is not None and (args.input_size[0] % 32 or args.input_size[1] % 32):
         raise UserError(f"--input-size {args.input_size[0]}x{args.input_size[1]} must be a multiple of 32 on both sides")
     if args.show:

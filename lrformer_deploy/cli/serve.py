@@ -77,7 +77,7 @@ def main(argv=None) -> int:
                   file=sys.stderr, flush=True)
         while server.is_alive():
             time.sleep(0.5)
-        raise UserError("the Triton server stopped unexpectedly" + (f":\n{server.server_log()}" if server.server_log() else ""))
+        raise UserError(server.failure_line("stopped unexpectedly", None, server.failure_cause(), server.keep_log()))
     finally:
         server.stop()
 

@@ -33,11 +33,11 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         # weights_only refuses arbitrary classes: say so instead of executing them.
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsupported content"
         if "weights_only" in str(exc) or "Unsupported global" in str(exc):
-            raise UserError(f"{path} holds Python objects other than tensors and plain containers; "
-                            f"refusing to unpickle them (re-save it with only the state_dict): {first}") from None
-        raise UserError(f"{path} is not a PyTorch checkpoint ({first})") from None
+            # Not torch's own text: it suggests weights_only=False, i.e. running the file's code.
+            raise UserError(f"{path} holds Python objects besides tensors (a pickled model?); save its "
+                            "weights only: torch.save(model.state_dict(), 'model.pth')") from None
+        raise UserError(f"{path} is not a PyTorch checkpoint (a .pth holding the model's state_dict)") from None
     except Exception as exc:  # the unpickler fails in many ways on non-checkpoints (KeyError, EOFError, ...)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"{path} is not a readable PyTorch checkpoint ({first})") from None

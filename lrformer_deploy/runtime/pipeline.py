@@ -27,7 +27,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from lrformer_deploy.errors import UserError
-from lrformer_deploy.runtime.overlay import blend, draw_legend, palette_lut
+from lrformer_deploy.runtime.overlay import blend, palette_lut, with_legend_strip
 from lrformer_deploy.runtime.preprocess import Geometry
 from lrformer_deploy.runtime.sinks import Outputs
 from lrformer_deploy.runtime.sources import Frame, Source
@@ -39,7 +39,7 @@ _END = object()
 @dataclass
 class PipelineOptions:
     opacity: float = 0.5
-    legend: bool = False
+    legend: bool = False  # a strip below each overlay naming the classes' colours (lrformer-infer's default)
     show: bool = False
     progress: bool = True
     queue_size: int = 4  # batches in flight between two stages
@@ -114,43 +114,32 @@ class _Batch:
 
 
 class Progress:
-    """One plain-text line on stderr, rewritten with \\r: frames done, total, live FPS."""
+    """tqdm's bar on stderr, as every other long step of the project shows progress: frames done, total,
+    percentage, live rate and time left. Printed whenever enabled (also into a pipe: scripts and tests read
+    it); `--quiet` turns it off."""
 
     def __init__(self, total: int | None, stream: TextIO, enabled: bool, interval: float = 0.25) -> None:
-        self.total, self.stream, self.enabled, self.interval = total, stream, enabled, interval
-        self.start = time.perf_counter()
-        self._last = 0.0
-        self._window: list[tuple[float, int]] = []
-        self._printed = False
+        self.enabled = enabled
+        self._bar = None
+        if enabled:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total or None, desc="segment", unit="frame", file=stream, mininterval=interval,
+                             dynamic_ncols=True, leave=True, disable=False)
 
     def update(self, done: int, force: bool = False) -> None:
-        if not self.enabled:
+        bar = self._bar
+        if bar is None or done <= bar.n:
             return
-        now = time.perf_counter()
-        if not force and now - self._last < self.interval:
-            return
-        self._last = now
-        self._window.append((now, done))
-        while len(self._window) > 2 and now - self._window[0][0] > 2.0:
-            self._window.pop(0)  # live FPS over the last ~2 seconds
-        t0, d0 = self._window[0]
-        fps = (done - d0) / (now - t0) if now > t0 else 0.0
-        if self.total:
-            pct = 100.0 * done / self.total
-            eta = (self.total - done) / fps if fps > 0 else 0.0
-            line = f"\r{done}/{self.total} frames {pct:5.1f}%  {fps:6.1f} fps  eta {eta:5.0f}s"
-        else:
-            line = f"\r{done} frames  {fps:6.1f} fps"
-        self.stream.write(line)
-        self.stream.flush()
-        self._printed = True
+        bar.update(done - bar.n)
+        if force:
+            bar.refresh()
 
     def finish(self, done: int) -> None:
-        if self.enabled:
+        if self._bar is not None:
             self.update(done, force=True)
-            if self._printed:
-                self.stream.write("\n")
-                self.stream.flush()
+            self._bar.close()
+            self._bar = None
 
 
 def _put(q: queue.Queue, item: Any, stop: threading.Event) -> bool:
@@ -272,7 +261,7 @@ def run_pipeline(segmenter: Any, source: Source, outputs: Outputs, options: Pipe
                     if draw:
                         overlay = blend(frame.image, mask, lut, options.opacity)
                         if options.legend:
-                            draw_legend(overlay, mask, segmenter.class_names, lut)
+                            overlay = with_legend_strip(overlay, mask, segmenter.class_names, lut)
                     outputs.write(frame, mask, overlay, is_video)
                     if options.show:
                         display[0] = overlay

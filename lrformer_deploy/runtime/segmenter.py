@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from lrformer_deploy.contract import BACKENDS, default_palette
-from lrformer_deploy.errors import UserError
+from lrformer_deploy.errors import UserError, install_hint
 from lrformer_deploy.runtime.backends import tensorrt_missing
 from lrformer_deploy.runtime.backends.base import Runner
 from lrformer_deploy.runtime.postprocess import Postprocessor
@@ -39,7 +39,8 @@ from lrformer_deploy.runtime.spec import (
 
 
 def default_model_path() -> Path:
-    """The project's demo model (exported on first use through the build side's one door)."""
+    """The project's demo model: the graph shipped in the package, else exported on first use (needs torch)
+    through the build side's one door."""
     try:
         from lrformer_deploy.build.on_demand import demo_graph
     except ImportError:
@@ -200,7 +201,7 @@ class Segmenter:
         if onnx is None:
             if resolved.kind == "engine":
                 raise UserError(f"{resolved.path.name} is a TensorRT engine and TensorRT is not available here "
-                                "(pip install tensorrt pycuda); pass the .onnx model to run with ONNX Runtime")
+                                f"({install_hint('tensorrt')}); pass the .onnx model to run with ONNX Runtime")
             raise UserError(f"{resolved.path}: the manifest names no ONNX graph to run")
         if not onnx.is_file():
             raise UserError(f"model file not found: {onnx}")

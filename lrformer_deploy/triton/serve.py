@@ -9,12 +9,18 @@ Two things about PyTriton 0.7 that this module handles for the user:
   libpython3.X.so; another 3.X build found first (e.g. the distribution's) crashes it with
   `_thread.RLock ... _recursion_count`, so our libpython folder goes first on LD_LIBRARY_PATH;
 - without CUDA the server logs that it cannot allocate pinned memory: harmless on a CPU, so the server's
-  log goes to a file and that line is dropped when the log is shown.
+  log goes to a file and that line is dropped when the log is shown;
+- PyTriton names its Unix sockets after the model (`<model>_0_<i>-server.sock`) inside its workspace,
+  by default `$HOME/.cache/pytriton/workspace_XXXXXXXX/`, and AF_UNIX paths stop at 107 characters: an
+  ordinary home folder was enough to break serving. The workspace is a short private folder under the
+  temporary folder instead (`/tmp/lrf-XXXXXXXX/w`), removed on stop, and a name that cannot fit is
+  refused before the server starts.
 """
 from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import sys
 import sysconfig
@@ -91,6 +97,82 @@ def server_environment() -> dict:
     return env
 
 
+# Linux's sockaddr_un.sun_path holds 108 bytes with the terminating NUL; ZeroMQ's ipc:// refuses longer.
+AF_UNIX_PATH_MAX = 107
+_WORKSPACE_PREFIX = "lrf-"  # tempfile.mkdtemp adds 8 random characters
+_WORKSPACE_LEAF = "w"  # PyTriton's Workspace creates its folder itself: a new leaf inside ours
+
+
+def socket_names(model_name: str, instances: int = 1) -> list[str]:
+    """The Unix socket files PyTriton 0.7 creates in its workspace for one bound model (proxy/model.py):
+    a data and a handshake socket, and one request socket per instance (Triton's `<model>_0_<i>`)."""
+    return [f"{model_name}-data.sock", f"{model_name}-config.sock",
+            *(f"{model_name}_0_{i}-server.sock" for i in range(instances))]
+
+
+def longest_socket_path(workspace: str | os.PathLike, model_name: str, instances: int = 1) -> int:
+    """Characters in the longest socket path PyTriton would bind in `workspace` for this model."""
+    return max(len(os.path.join(os.fspath(workspace), n)) for n in socket_names(model_name, instances))
+
+
+def max_model_name_length(workspace: str | os.PathLike, instances: int = 1) -> int:
+    """The longest Triton model name whose sockets fit AF_UNIX in `workspace`."""
+    return AF_UNIX_PATH_MAX - (longest_socket_path(workspace, "", instances))
+
+
+def _predicted_workspace(base: str) -> str:
+    return os.path.join(os.path.realpath(base), _WORKSPACE_PREFIX + "x" * 8, _WORKSPACE_LEAF)
+
+
+def short_workspace_root(model_name: str, instances: int = 1) -> Path:
+    """Create a private folder for PyTriton's workspace whose socket paths fit AF_UNIX, whatever $HOME is.
+
+    The temporary folder ($TMPDIR) is tried first, then /tmp and /dev/shm (a long $TMPDIR is no better than
+    a long home). The caller removes the folder. A model name too long for any of them is a UserError.
+    """
+    bases = [tempfile.gettempdir(), "/tmp", "/dev/shm", "/var/tmp"]
+    fitting = [b for b in dict.fromkeys(bases) if os.path.isdir(b) and os.access(b, os.W_OK | os.X_OK)]
+    for base in fitting:
+        if longest_socket_path(_predicted_workspace(base), model_name, instances) <= AF_UNIX_PATH_MAX:
+            return Path(tempfile.mkdtemp(prefix=_WORKSPACE_PREFIX, dir=os.path.realpath(base)))
+    if not fitting:
+        raise UserError(f"serving needs a writable temporary folder for its sockets: none of {', '.join(bases)} is")
+    limit = max_model_name_length(_predicted_workspace(min(fitting, key=len)), instances)
+    raise UserError(f"the Triton model name {model_name!r} is {len(model_name)} characters, too long for the "
+                    f"Unix sockets PyTriton names after it (at most {limit} here): pass a shorter --name")
+
+
+_TRITON_LOG_PREFIX = re.compile(r"^[IWEF]\d{4} [\d:.]+ +\d+ [^\]]*\] ")
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_.]*(Error|Exception)\b")
+_ERROR_LINE = re.compile(r"(\b[A-Za-z_.]*(Error|Exception)\b:|\bfailed\b|\berror\b)", re.IGNORECASE)
+
+
+def _one_line(message: str) -> str:
+    """A Triton log message, which may hold a whole escaped Python traceback, as one line: its head and
+    the exception the traceback ended with."""
+    parts = [p.strip() for p in message.strip().strip('"').replace("\\n", "\n").splitlines() if p.strip()]
+    if not parts:
+        return ""
+    head = parts[0].replace("Traceback (most recent call last):", "").strip().rstrip(":").strip()
+    raised = [p for p in parts[1:] if _EXCEPTION_LINE.match(p)]
+    return f"{head}: {raised[-1]}" if raised and raised[-1] not in head else head
+
+
+def log_cause(text: str) -> str:
+    """The one line of a server log that says why it failed: the last Python exception line, else the last
+    Triton error (E...) line, else the last error-looking line; '' when none is found."""
+    lines = [ln.strip() for ln in text.splitlines()
+             if ln.strip() and not any(h in ln for h in HARMLESS_LOG_LINES)]
+    exception = [ln for ln in lines if _EXCEPTION_LINE.match(ln) and ":" in ln]
+    if exception:
+        return exception[-1]
+    triton_errors = [_TRITON_LOG_PREFIX.sub("", ln) for ln in lines if re.match(r"^[EF]\d{4} ", ln)]
+    if triton_errors:
+        return _one_line(triton_errors[-1])
+    errorish = [_TRITON_LOG_PREFIX.sub("", ln) for ln in lines if _ERROR_LINE.search(ln)]
+    return _one_line(errorish[-1]) if errorish else ""
+
+
 def useful_log(text: str, lines: int = 20) -> str:
     kept = [ln for ln in text.splitlines() if ln.strip() and not any(h in ln for h in HARMLESS_LOG_LINES)]
     return "\n".join(kept[-lines:])
@@ -128,16 +210,35 @@ class Server:
         self.name = name
         self.segmenters: list[Any] = []
         self._triton = None
-        self._log_dir: tempfile.TemporaryDirectory | None = None
+        self._work_dir: Path | None = None  # PyTriton's workspace and the server log, removed on stop
         self.start_seconds: float | None = None
 
     @property
     def log_path(self) -> Path | None:
-        return Path(self._log_dir.name) / "tritonserver.log" if self._log_dir else None
+        return self._work_dir / "tritonserver.log" if self._work_dir else None
+
+    @property
+    def workspace(self) -> Path | None:
+        return self._work_dir / _WORKSPACE_LEAF if self._work_dir else None
 
     def server_log(self) -> str:
         path = self.log_path
         return useful_log(path.read_text(errors="replace")) if path and path.is_file() else ""
+
+    def failure_cause(self) -> str:
+        """One line: why the server failed, read from its log ('' when the log says nothing useful)."""
+        path = self.log_path
+        return log_cause(path.read_text(errors="replace")) if path and path.is_file() else ""
+
+    def keep_log(self) -> Path | None:
+        """Copy the server log out of the folder that stop() removes (a failed start keeps its evidence)."""
+        path = self.log_path
+        if not (path and path.is_file() and path.stat().st_size):
+            return None
+        fd, kept = tempfile.mkstemp(prefix="lrformer-serve-", suffix=".log")
+        os.close(fd)
+        shutil.copyfile(path, kept)
+        return Path(kept)
 
     def start(self) -> "Server":
         import numpy as np
@@ -155,7 +256,11 @@ class Server:
         self.name = self.name or f"{seg.spec.name}_frames"
         prepare_environment()
         logging.getLogger("pytriton").setLevel(logging.ERROR)
-        self._log_dir = tempfile.TemporaryDirectory(prefix="lrformer-serve-")
+        try:
+            self._work_dir = short_workspace_root(self.name, self.instances)
+        except BaseException:
+            self.stop()
+            raise
         # On stop, Triton waits for open client connections up to exit_timeout_secs, then ends the model
         # processes anyway: 10 s lets requests in flight finish without holding Ctrl-C for long.
         config = TritonConfig(http_address=self.host, http_port=self.http_port, grpc_address=self.host,
@@ -167,7 +272,7 @@ class Server:
             # (and the tests) can see the dynamic batcher at work. Loading/unloading models stays guarded.
             security = TritonSecurityConfig(restricted_endpoints=["shared-memory", "model-repository", "trace",
                                                                   "logging"])
-            self._triton = Triton(config=config, security_config=security)
+            self._triton = Triton(config=config, security_config=security, workspace=self.workspace)
             self._triton.bind(
                 model_name=self.name,
                 infer_func=[make_infer(s) for s in self.segmenters],
@@ -180,14 +285,22 @@ class Server:
             )
             self._triton.run()
         except BaseException as exc:
-            log = self.server_log()
+            cause = self.failure_cause()
+            kept = self.keep_log() if isinstance(exc, Exception) else None
             self.stop()
             if isinstance(exc, Exception):
-                raise UserError(f"the Triton server did not start ({exc.__class__.__name__}: "
-                                f"{str(exc).splitlines()[0] if str(exc) else ''})" + (f"\n{log}" if log else "")) from None
+                raise UserError(self.failure_line("did not start", exc, cause, kept)) from None
             raise
         self.start_seconds = time.perf_counter() - t0
         return self
+
+    @staticmethod
+    def failure_line(what: str, exc: BaseException | None, cause: str, kept: Path | None) -> str:
+        """`the Triton server <what>: <cause> (server log: <file>)`, on one line."""
+        own = f"{exc.__class__.__name__}: {str(exc).splitlines()[0]}" if exc is not None and str(exc).strip() \
+            else (exc.__class__.__name__ if exc is not None else "")
+        reason = cause or own or "no reason given"
+        return f"the Triton server {what}: {reason}" + (f" (server log: {kept})" if kept else "")
 
     def is_alive(self) -> bool:
         return self._triton is not None and self._triton.is_alive()
@@ -201,9 +314,9 @@ class Server:
             for seg in self.segmenters:
                 seg.close()
             self.segmenters.clear()
-            if self._log_dir is not None:
-                self._log_dir.cleanup()
-                self._log_dir = None
+            if self._work_dir is not None:
+                shutil.rmtree(self._work_dir, ignore_errors=True)
+                self._work_dir = None
 
     def __enter__(self) -> "Server":
         return self.start()

@@ -8,6 +8,8 @@ from __future__ import annotations
 import importlib.util
 import shutil
 
+from lrformer_deploy.errors import install_hint
+
 
 def available_backends() -> dict[str, list[str] | bool]:
     """What this machine can run: ONNX Runtime providers, and whether TensorRT / torch are installed."""
@@ -32,10 +34,10 @@ def tensorrt_missing(purpose: str = "build") -> str | None:
     a CUDA memory provider (pycuda or torch); nvidia-smi is not required there, as Jetson boards lack it.
     """
     if importlib.util.find_spec("tensorrt") is None:
-        return "TensorRT is not installed (pip install 'lrformer-deploy[tensorrt]' on a machine with an NVIDIA GPU)"
+        return f"TensorRT is not installed ({install_hint('tensorrt')} on a machine with an NVIDIA GPU)"
     if purpose == "run":
         if importlib.util.find_spec("pycuda") is None and importlib.util.find_spec("torch") is None:
-            return "TensorRT needs pycuda or torch for CUDA memory (pip install pycuda)"
+            return f"TensorRT needs pycuda or torch for CUDA memory ({install_hint('pycuda')})"
         return None
     if shutil.which("nvidia-smi") is None:
         return "no NVIDIA GPU found (nvidia-smi is not installed)"

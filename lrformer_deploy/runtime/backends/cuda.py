@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from lrformer_deploy.errors import UserError
+from lrformer_deploy.errors import UserError, install_hint
 
 # TensorRT requires I/O addresses aligned to this many bytes (IExecutionContext::setTensorAddress).
 ADDRESS_ALIGNMENT = 256
@@ -200,7 +200,8 @@ def make_memory(device_id: int, prefer: str) -> Any:
             raise
         except Exception as exc:  # pycuda raises its own driver errors when no usable GPU is present
             raise UserError(f"cannot initialise CUDA device {device_id} through {name}: {exc}") from None
-    raise UserError("the tensorrt backend needs pycuda (pip install pycuda) or torch with CUDA for device memory")
+    raise UserError(f"the tensorrt backend needs pycuda ({install_hint('pycuda')}) or torch with CUDA for "
+                    "device memory")
 
 
 def is_torch_tensor(value: Any) -> bool:

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from lrformer_deploy.errors import UserError
+from lrformer_deploy.errors import UserError, missing_package
 from lrformer_deploy.runtime.backends.base import Runner
 
 
@@ -18,8 +18,8 @@ def import_torch():
     try:
         import torch
     except ImportError:
-        raise UserError("this needs PyTorch (pip install torch), which is not installed; "
-                        "export the checkpoint to ONNX with lrformer-export on a machine that has it") from None
+        raise UserError(missing_package("torch", "a .pth model") + "; or export the checkpoint to ONNX with "
+                        "lrformer-export on a machine that has it") from None
     return torch
 
 

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from lrformer_deploy.errors import UserError
+from lrformer_deploy.errors import UserError, missing_package
 from lrformer_deploy.runtime.backends import cuda
 from lrformer_deploy.runtime.backends.base import Runner
 from lrformer_deploy.runtime.backends.cuda import ADDRESS_ALIGNMENT
@@ -99,8 +99,8 @@ def _import_tensorrt():
     try:
         import tensorrt as trt
     except ImportError:
-        raise UserError("the tensorrt backend needs the TensorRT Python package (pip install tensorrt); "
-                        "use --backend onnxruntime otherwise") from None
+        raise UserError(missing_package("tensorrt", "the tensorrt backend") + "; use --backend onnxruntime "
+                        "otherwise") from None
     return trt
 
 
