@@ -17,6 +17,9 @@ REDUCED_PRECISIONS = ("fp16", "int8")  # graphs derived from the FP32 one
 PRECISIONS = ("fp32", *REDUCED_PRECISIONS)
 BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")  # what runs a graph; "auto" picks the fastest here
 CALIB_METHODS = ("entropy", "percentile", "minmax")
+# Frames a container's stated length may exceed the frames decoded by without the input counting as
+# truncated: FFmpeg estimates some containers' counts from duration x fps, which can be one over.
+TRUNCATION_SLACK = 1
 ENGINE_MODES = ("auto", "require", "off")  # auto: build where TensorRT + a GPU are; require: fail otherwise
 # Layout of the mask head's Resize -> ArgMax tail: "nchw" for TensorRT (its IResizeLayer resizes the last
 # dims), "nhwc" for ONNX Runtime on CPUs, which reduces over contiguous classes several times faster.

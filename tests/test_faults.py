@@ -107,3 +107,50 @@ def test_publish_replaces_the_manifest_without_a_moment_where_it_is_missing(tmp_
     assert seen_missing and not any(seen_missing)
     assert json.loads(man.read_text()) == {"v": "new"} and target.read_bytes() == b"new"
     assert tmp_path.resolve() in synced
+
+
+# ------------------------------------------------------------------------------- 2. truncated video
+def truncated_avi(folder: Path, frames: int = 40, size=(48, 64)) -> tuple[Path, int]:
+    """An MJPG AVI cut in half: its header still states `frames`, fewer decode. Returns (path, decodable)."""
+    full = folder / "full.avi"
+    writer = cv2.VideoWriter(str(full), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (size[1], size[0]))
+    rng = np.random.default_rng(0)
+    for _ in range(frames):
+        writer.write(rng.integers(0, 256, (*size, 3), dtype=np.uint8))
+    writer.release()
+    blob = full.read_bytes()
+    cut = folder / "cut.avi"
+    cut.write_bytes(blob[: len(blob) // 2])
+    cap = cv2.VideoCapture(str(cut))
+    stated = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+    decodable = 0
+    while cap.read()[0]:
+        decodable += 1
+    cap.release()
+    assert stated == frames and 0 < decodable < frames - 1
+    return cut, decodable
+
+
+def test_truncated_video_exits_1_with_one_line_and_keeps_what_it_read(tiny_model, tmp_path):
+    cut, decodable = truncated_avi(tmp_path)
+    out, masks, report = tmp_path / "cut_seg.mp4", tmp_path / "masks", tmp_path / "r.json"
+    proc = cli("infer", cut, "--model", tiny_model(), "--output", out, "--save-mask", masks, "--json", report,
+               "--quiet", cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"error: read {decodable} of 40 frames"), proc.stderr
+    cap = cv2.VideoCapture(str(out))
+    kept = 0
+    while cap.read()[0]:
+        kept += 1
+    assert kept == decodable  # the partial result is a finished, playable video
+    assert len(list(masks.glob("*.png"))) == decodable
+    assert json.loads(report.read_text())["ended_early"] == {"read": decodable, "expected": 40}
+    assert not list(tmp_path.glob(".*partial*"))
+
+
+def test_complete_video_is_not_reported_as_truncated(tiny_model, tmp_path):
+    cut, _ = truncated_avi(tmp_path)
+    proc = cli("infer", tmp_path / "full.avi", "--model", tiny_model(), "--output", tmp_path / "o.mp4", "--quiet",
+               cwd=tmp_path)
+    assert proc.returncode == 0 and not proc.stderr.strip(), proc.stderr

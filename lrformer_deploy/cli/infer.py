@@ -5,7 +5,8 @@
     lrformer-infer 0 --model m.engine --show       # webcam 0 on TensorRT
 
 Exit status: 0 success; 1 when some images of a folder/glob could not be read (the others are done and
-each bad file is named on stderr); 2 for a user mistake (one "error: ..." line); 128 + signal on Ctrl-C
+each bad file is named on stderr) or when a video ends before the frame count its container states
+(truncated or damaged: every frame read is segmented and kept, one line says "read X of Y frames"); 2 for a user mistake (one "error: ..." line); 128 + signal on Ctrl-C
 (130), SIGTERM (143) or SIGHUP (129): the partial video is finalised and playable, an earlier complete
 output is never destroyed by it (the partial then goes to NAME.partial.mp4), and one line says what was kept.
 
@@ -247,6 +248,11 @@ def _run(args, source, outputs, segmenter) -> int:
         for name, err in result.failed:
             print(f"error: cannot read image {name}: {err}", file=sys.stderr)
         print(f"error: {len(result.failed)} of {len(result.failed) + result.frames} inputs failed", file=sys.stderr)
+        return 1
+    if result.ended_early:
+        read, expected = result.ended_early
+        print(f"error: read {read} of {expected} frames of {args.input}: the video ends before its stated length "
+              f"(truncated or damaged); the {read} frames read were segmented and kept", file=sys.stderr)
         return 1
     if result.frames == 0:
         raise UserError(f"no frames could be read from {args.input}")

@@ -80,6 +80,7 @@ class PipelineResult:
     interrupted: bool = False
     wall_s: float = 0.0
     stats: Stats = field(default_factory=Stats)
+    ended_early: tuple[int, int] | None = None  # (read, stated): the video ended before its stated length
 
     @property
     def fps(self) -> float:
@@ -92,6 +93,8 @@ class PipelineResult:
             "frames": self.frames,
             "failed": [{"input": name, "error": err} for name, err in self.failed],
             "interrupted": self.interrupted,
+            "ended_early": ({"read": self.ended_early[0], "expected": self.ended_early[1]}
+                            if self.ended_early else None),
             "wall_s": round(self.wall_s, 4),
             "fps": round(self.fps, 3),
             "stage_ms_per_frame": {k: round(v * 1000.0 / n, 3) for k, v in self.stats.totals.items()},
@@ -322,6 +325,7 @@ def run_pipeline(segmenter: Any, source: Source, outputs: Outputs, options: Pipe
             # Workers see `stop` within ~0.1 s; an inference call in flight finishes first.
             t.join(timeout=30.0)
         source.close()
+        result.ended_early = source.ended_early
         # A second signal must not strand the finished video under its temporary name.
         with _signals_deferred():
             outputs.finish(outcome)

@@ -17,6 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from lrformer_deploy.contract import TRUNCATION_SLACK
 from lrformer_deploy.errors import UserError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".jp2"}
@@ -42,6 +43,8 @@ class Source:
     fps: float = DEFAULT_FPS
     frame_count: int | None = None  # None when unknown (live sources)
     stem = "output"
+    # (frames read, frames the container promised) when a video ended before its stated length
+    ended_early: tuple[int, int] | None = None
 
     def frames(self) -> Iterator[Frame]:
         raise NotImplementedError
@@ -126,6 +129,14 @@ class CaptureSource(Source):
             ok, image = self.cap.read()
             if not ok:
                 image = None
+        else:
+            self._check_length(index)
+
+    def _check_length(self, read: int) -> None:
+        # FFmpeg estimates the count of some containers from duration x fps, which can be one frame over;
+        # more than that missing is a truncated or damaged file, not rounding.
+        if self.kind == "video" and self.frame_count and read < self.frame_count - TRUNCATION_SLACK:
+            self.ended_early = (read, self.frame_count)
 
     def close(self) -> None:
         self.cap.release()
