@@ -201,11 +201,14 @@ def test_bad_inputs_are_reported_and_the_rest_completes(tmp_path, data, ray_addr
     writer.release()
     blob = avi.read_bytes()
     (inputs / "short.avi").write_bytes(blob[: len(blob) // 2])
+    from test_faults import bomb_png
+
+    (inputs / "bomb.png").write_bytes(bomb_png())  # declares 20000x20000: refused from its header
     out = tmp_path / "out"
     proc = run_cli("batch", inputs, data["video"], "-o", out, "--model", data["model"], "--overlay",
                    "--save-mask", "--frames-per-task", 8, "--address", ray_address)
     assert proc.returncode == 1, proc.stderr
-    bad = {str(inputs / name) for name in ("corrupt.png", "cut.mp4", "short.avi")}
+    bad = {str(inputs / name) for name in ("corrupt.png", "cut.mp4", "short.avi", "bomb.png")}
     for path in bad:
         assert any(line.startswith("error:") and path in line for line in proc.stderr.splitlines()), (path, proc.stderr)
     assert "Traceback" not in proc.stderr
@@ -214,6 +217,7 @@ def test_bad_inputs_are_reported_and_the_rest_completes(tmp_path, data, ray_addr
     assert {p for p, r in records.items() if r["status"] == "failed"} == bad
     assert all(records[p]["error"] for p in bad)
     assert "video ends at frame" in records[str(inputs / "short.avi")]["error"]
+    assert "--max-pixels" in records[str(inputs / "bomb.png")]["error"]
     # every good output is there
     for path in good:
         assert (out / "masks" / path.name).is_file() and (out / "overlays" / f"{path.stem}_seg.png").is_file()

@@ -154,3 +154,56 @@ def test_complete_video_is_not_reported_as_truncated(tiny_model, tmp_path):
     proc = cli("infer", tmp_path / "full.avi", "--model", tiny_model(), "--output", tmp_path / "o.mp4", "--quiet",
                cwd=tmp_path)
     assert proc.returncode == 0 and not proc.stderr.strip(), proc.stderr
+
+
+# ------------------------------------------------------------------------------- 2b. oversized images
+def bomb_png(width: int = 20000, height: int = 20000) -> bytes:
+    """A valid PNG of a few tens of kB declaring width x height pixels (1-bit grey, all zero)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    z = zlib.compressobj(9)
+    row = bytes(1 + (width + 7) // 8)
+    body = b"".join(z.compress(row) for _ in range(height)) + z.flush()
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0))
+            + chunk(b"IDAT", body) + chunk(b"IEND", b""))
+
+
+def test_infer_skips_an_oversized_image_undecoded_and_does_the_rest(tiny_model, tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(2):
+        cv2.imwrite(str(folder / f"ok{i}.png"), np.full((40, 40, 3), 60 * (i + 1), np.uint8))
+    (folder / "bomb.png").write_bytes(bomb_png())
+    (folder / "wide.png").write_bytes(bomb_png(300, 200))  # over a small --max-pixels only
+    masks = tmp_path / "masks"
+    proc = cli("infer", folder, "--model", tiny_model(), "--no-overlay", "--save-mask", masks, "--quiet",
+               "--max-pixels", "250x200", cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if "bomb.png" in line or "wide.png" in line]
+    assert len(errors) == 2 and all("--max-pixels" in line for line in errors), proc.stderr
+    assert any("400000000 pixels" in line for line in errors) and any("300x200" in line for line in errors)
+    assert sorted(p.name for p in masks.iterdir()) == ["ok0.png", "ok1.png"]
+    # The default limit lets the 300x200 image through and still stops the 400-megapixel one.
+    proc = cli("infer", folder, "--model", tiny_model(), "--no-overlay", "--save-mask", masks, "--quiet",
+               cwd=tmp_path)
+    assert proc.returncode == 1 and "bomb.png" in proc.stderr and "wide.png" not in proc.stderr, proc.stderr
+    # A single oversized image is one error line, exit 2.
+    proc = cli("infer", folder / "bomb.png", "--model", tiny_model(), "--quiet", cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "--max-pixels" in proc.stderr, proc.stderr
+
+
+def test_frames_requests_are_refused_from_shape_and_header_before_decoding(monkeypatch):
+    import lrformer_deploy.triton.frames as frames
+
+    decoded = []
+    monkeypatch.setattr(frames.cv2, "imdecode", lambda *a: decoded.append(1))
+    with pytest.raises(frames.BadRequest, match="400000000 pixels"):
+        frames.decode_request(None, np.array([bomb_png()], dtype=object), max_pixels=4096 * 4096)
+    with pytest.raises(frames.BadRequest, match="--max-pixels"):
+        frames.decode_request(np.zeros((1, 65, 64, 3), np.uint8), None, max_pixels=64 * 64)
+    assert not decoded
+    assert len(frames.decode_request(np.zeros((2, 64, 64, 3), np.uint8), None, max_pixels=64 * 64)) == 2

@@ -67,6 +67,7 @@ class JobOptions:
     progress: bool = True
     palette: tuple = ()
     class_names: tuple = ()
+    max_pixels: int | None = None  # images declaring more are failed undecoded
 
 
 @dataclass
@@ -183,7 +184,8 @@ def build_dataset(items: list[Item], layout: Layout, opts: JobOptions, sizing: S
     if images:
         blocks = max(1, min(len(images), math.ceil(len(images) / opts.batch_size)))
         ds = ray.data.read_binary_files(images, include_paths=True, override_num_blocks=blocks, **read_args)
-        parts.append(ds.map_batches(decode_images, batch_size=opts.batch_size, **read_args))
+        parts.append(ds.map_batches(decode_images, batch_size=opts.batch_size,
+                                    fn_kwargs={"max_pixels": opts.max_pixels}, **read_args))
     if ranges:
         ds = ray.data.from_items(ranges, override_num_blocks=len(ranges))
         parts.append(ds.map_batches(decode_video_ranges, batch_size=1, **read_args))

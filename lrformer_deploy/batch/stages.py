@@ -25,6 +25,7 @@ import numpy as np
 from lrformer_deploy.batch.outputs import Layout, mask_name, overlay_name, write_image
 from lrformer_deploy.runtime.overlay import blend, draw_legend, palette_lut
 from lrformer_deploy.runtime.preprocess import as_bgr
+from lrformer_deploy.runtime.sources import header_size, pixels_over
 
 _EMPTY = np.zeros((0, 0, 3), np.uint8)
 RESULT_COLUMNS = ("path", "kind", "index", "error", "range_start", "range_rows")
@@ -48,18 +49,21 @@ def _rows(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
     return out
 
 
-def decode_images(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def decode_images(batch: dict[str, np.ndarray], max_pixels: int | None = None) -> dict[str, np.ndarray]:
     """`read_binary_files(..., include_paths=True)` rows -> frame rows, decoded with OpenCV to BGR.
 
     OpenCV (not Pillow, which `read_images` uses) so pixels are exactly what `lrformer-infer` decodes;
-    an undecodable file becomes a row with `error` set instead of failing the whole job."""
+    an undecodable file, or one whose header declares more than `max_pixels` pixels (checked before
+    decoding), becomes a row with `error` set instead of failing the whole job."""
     rows = []
     for data, path in zip(batch["bytes"], batch["path"]):
         path = str(path)
         buf = np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, np.uint8)
-        image = cv2.imdecode(buf, cv2.IMREAD_COLOR) if buf.size else None
-        error = "" if image is not None else ("empty file" if not buf.size
-                                             else "not a decodable image (corrupt or unsupported format)")
+        size = header_size(buf.tobytes()) if max_pixels and buf.size else None
+        error = pixels_over(*size, max_pixels) if size else None
+        image = cv2.imdecode(buf, cv2.IMREAD_COLOR) if buf.size and not error else None
+        error = error or ("" if image is not None else ("empty file" if not buf.size
+                                                         else "not a decodable image (corrupt or unsupported format)"))
         rows.append({"path": path, "kind": "image", "stem": _stem(path), "index": 0,
                      "image": image if image is not None else _EMPTY, "error": error,
                      "range_start": -1, "range_rows": 1})

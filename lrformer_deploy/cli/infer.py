@@ -22,9 +22,9 @@ import os
 import sys
 from pathlib import Path
 
-from lrformer_deploy.contract import BACKENDS
+from lrformer_deploy.contract import BACKENDS, MAX_PIXELS_FILES
 from lrformer_deploy import atomic
-from lrformer_deploy.cli.common import OneLineParser, opacity, parse_size, quiet_decoders, writable_folder
+from lrformer_deploy.cli.common import OneLineParser, opacity, parse_pixels, parse_size, quiet_decoders, writable_folder
 from lrformer_deploy.errors import UserError, cli_entry
 
 
@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--show", action="store_true", help="show the overlay in a window (q/Esc stops)")
     p.add_argument("--json", metavar="PATH", help="write a JSON summary (timings, latency, FPS) to PATH, '-' for stdout")
     p.add_argument("--max-frames", type=int, default=None, metavar="N", help="stop after N frames/images")
+    p.add_argument("--max-pixels", type=parse_pixels, default=MAX_PIXELS_FILES, metavar="N",
+                   help=f"skip images whose header declares more pixels than this, without decoding them "
+                        f"(N or WxH; default {MAX_PIXELS_FILES}; 0 = no limit)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress line")
     return p
 
@@ -188,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     from lrformer_deploy.runtime.segmenter import Segmenter
     from lrformer_deploy.runtime.sources import open_source
 
-    source = open_source(args.input, max_frames=args.max_frames)
+    source = open_source(args.input, max_frames=args.max_frames, max_pixels=args.max_pixels)
     try:
         outputs = plan_outputs(source, args)
         if not outputs.needs_overlay and outputs.mask_dir is None and not args.show and not args.json:

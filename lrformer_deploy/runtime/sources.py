@@ -10,6 +10,7 @@ from __future__ import annotations
 import glob
 import math
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,8 +58,50 @@ class Source:
         return self.kind in ("video", "webcam", "stream")
 
 
-def read_image(path: Path) -> tuple[np.ndarray | None, str | None]:
-    """(BGR image, None) or (None, reason). Reads bytes first so every failure has a precise reason."""
+def header_size(data: bytes | memoryview | os.PathLike | str) -> tuple[int, int] | None:
+    """(height, width) from an image's header alone, without decoding its pixels; None when the header
+    is not one Pillow reads (or Pillow is absent). cv2 cannot read a header without decoding the image."""
+    try:
+        import io
+        import warnings
+
+        from PIL import Image
+    except ImportError:
+        return None
+    source = io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow's own DecompressionBombWarning: our limit decides
+            with Image.open(source) as img:  # lazy: reads the header, decodes nothing
+                width, height = img.size
+    except Image.DecompressionBombError as exc:  # over twice Pillow's own limit: only the count is told
+        m = re.search(r"\((\d+) pixels\)", str(exc))
+        return (int(m.group(1)), 1) if m else (1 << 31, 1)
+    except Exception:  # noqa: BLE001 - not a format Pillow knows, or a damaged header: no size to go by
+        return None
+    return int(height), int(width)
+
+
+def pixels_over(height: int, width: int, max_pixels: int | None) -> str | None:
+    """The reason an image of this size is refused before decoding, or None when it is within the cap."""
+    if max_pixels and height * width > max_pixels:
+        return (f"{describe_pixels(height, width)} is over the --max-pixels limit of {max_pixels} "
+                f"(not decoded; raise --max-pixels to allow it)")
+    return None
+
+
+def describe_pixels(height: int, width: int) -> str:
+    """'300x200 = 60000 pixels'; just the count when `header_size` only knew that (width 1)."""
+    return f"{width}x{height} = {height * width} pixels" if width > 1 else f"{height * width} pixels"
+
+
+def read_image(path: Path, max_pixels: int | None = None) -> tuple[np.ndarray | None, str | None]:
+    """(BGR image, None) or (None, reason). Reads bytes first so every failure has a precise reason; an
+    image whose header declares more than `max_pixels` pixels is refused without being decoded."""
+    if max_pixels:
+        size = header_size(path)
+        if size is not None and (reason := pixels_over(*size, max_pixels)):
+            return None, reason
     try:
         data = np.fromfile(str(path), dtype=np.uint8)
     except PermissionError:
@@ -76,8 +119,10 @@ def read_image(path: Path) -> tuple[np.ndarray | None, str | None]:
 
 
 class ImageSource(Source):
-    def __init__(self, paths: list[Path], kind: str, description: str, max_frames: int | None = None) -> None:
+    def __init__(self, paths: list[Path], kind: str, description: str, max_frames: int | None = None,
+                 max_pixels: int | None = None) -> None:
         self.paths = paths[:max_frames] if max_frames else paths
+        self.max_pixels = max_pixels
         self.kind = kind
         self.description = description
         self.frame_count = len(self.paths)
@@ -85,7 +130,7 @@ class ImageSource(Source):
 
     def frames(self) -> Iterator[Frame]:
         for i, path in enumerate(self.paths):
-            image, error = read_image(path)
+            image, error = read_image(path, self.max_pixels)
             yield Frame(index=i, stem=path.stem, image=image, path=path, error=error)
 
 
@@ -153,8 +198,9 @@ def _list_folder(folder: Path) -> list[Path]:
     return sorted(entries)
 
 
-def open_source(text: str | int, max_frames: int | None = None) -> Source:
-    """Open an input given as text (CLI argument) or an int webcam index."""
+def open_source(text: str | int, max_frames: int | None = None, max_pixels: int | None = None) -> Source:
+    """Open an input given as text (CLI argument) or an int webcam index. Images whose header declares
+    more than `max_pixels` pixels are refused undecoded (a decompression bomb costs nothing)."""
     if isinstance(text, int):
         return CaptureSource(text, "webcam", f"webcam{text}", max_frames)
     text = str(text)
@@ -165,7 +211,7 @@ def open_source(text: str | int, max_frames: int | None = None) -> Source:
         images = _list_folder(path)
         if not images:
             raise UserError(f"no images in folder {path} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
-        return ImageSource(images, "images", str(path), max_frames)
+        return ImageSource(images, "images", str(path), max_frames, max_pixels)
     if path.exists():
         if not os.access(path, os.R_OK):
             raise UserError(f"cannot read {path}: permission denied")
@@ -173,16 +219,18 @@ def open_source(text: str | int, max_frames: int | None = None) -> Source:
             raise UserError(f"input file is empty: {path}")
         suffix = path.suffix.lower()
         if suffix in IMAGE_SUFFIXES:
-            image, error = read_image(path)
+            image, error = read_image(path, max_pixels)
             if error:
                 raise UserError(f"cannot read image {path}: {error}")
             return ImageSource([path], "image", str(path))
         if suffix in VIDEO_SUFFIXES:
             return CaptureSource(str(path), "video", path.stem, max_frames)
         # Unknown extension: an image if it decodes as one, else try it as a video.
-        image, _ = read_image(path)
+        image, error = read_image(path, max_pixels)
         if image is not None:
             return ImageSource([path], "image", str(path))
+        if error and "--max-pixels" in error:
+            raise UserError(f"cannot read image {path}: {error}")
         return CaptureSource(str(path), "video", path.stem, max_frames)
     if text.isdigit():
         return CaptureSource(int(text), "webcam", f"webcam{text}", max_frames)
@@ -191,7 +239,7 @@ def open_source(text: str | int, max_frames: int | None = None) -> Source:
         images = [p for p in matches if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
         if not images:
             raise UserError(f"no images match {text}")
-        return ImageSource(images, "images", _glob_root(text, images), max_frames)
+        return ImageSource(images, "images", _glob_root(text, images), max_frames, max_pixels)
     raise UserError(f"input not found: {text}")
 
 
