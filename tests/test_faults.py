@@ -207,3 +207,64 @@ def test_frames_requests_are_refused_from_shape_and_header_before_decoding(monke
         frames.decode_request(np.zeros((1, 65, 64, 3), np.uint8), None, max_pixels=64 * 64)
     assert not decoded
     assert len(frames.decode_request(np.zeros((2, 64, 64, 3), np.uint8), None, max_pixels=64 * 64)) == 2
+
+
+# ------------------------------------------------------------------------------- 3. calibration edge cases
+def test_calibration_video_without_a_frame_count_is_streamed_not_held(tmp_path, monkeypatch):
+    import tracemalloc
+
+    from lrformer_deploy.precision import calibration
+
+    video = tmp_path / "calib.avi"
+    size = (192, 256)
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (size[1], size[0]))
+    for i in range(60):
+        writer.write(np.full((*size, 3), 4 * i, np.uint8))
+    writer.release()
+    known = [f.copy() for f in calibration._iter_video_frames(video, 8)]
+    known_holdout = [f.copy() for f in calibration._iter_video_frames(video, 4, holdout_of=8)]
+
+    real = cv2.VideoCapture
+
+    class NoCount:  # a container that states no frame count (raw streams, some MKV/WebM)
+        def __init__(self, *args):
+            self._cap = real(*args)
+
+        def get(self, prop):
+            return 0.0 if prop == cv2.CAP_PROP_FRAME_COUNT else self._cap.get(prop)
+
+        def __getattr__(self, name):
+            return getattr(self._cap, name)
+
+    monkeypatch.setattr(cv2, "VideoCapture", NoCount)
+    tracemalloc.start()
+    try:
+        picked = []
+        for frame in calibration._iter_video_frames(video, 8):
+            picked.append(int(frame[0, 0, 0]))
+            del frame
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    frame_bytes = size[0] * size[1] * 3
+    assert peak < 6 * frame_bytes, f"{peak / frame_bytes:.1f} frames held at once"  # all 60 before
+    assert picked == [int(f[0, 0, 0]) for f in known]  # the same frames as when the count is known
+    holdout = [int(f[0, 0, 0]) for f in calibration._iter_video_frames(video, 4, holdout_of=8)]
+    assert holdout == [int(f[0, 0, 0]) for f in known_holdout] and not set(holdout) & set(picked)
+
+
+def test_export_says_in_one_line_when_no_frames_are_left_to_hold_back(tmp_path):
+    from lrformer_deploy import manifest as mf
+
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(calib / f"c{i}.png"), np.full((64, 64, 3), 50 * i, np.uint8))
+    out = tmp_path / "out"
+    proc = cli("export", "--ckpt", DEMO_CKPT, "--size", "64x64", "--output-dir", out, "--name", "m", "--fp16",
+               "--calib", calib, "--calib-count", 4, "--no-engine", "--target", "cpu", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    notes = [line for line in proc.stderr.splitlines() if "hold" in line and "back" in line]
+    assert len(notes) == 1 and notes[0].startswith("note: FP16 accuracy check") and "check_held_back: false" in notes[0]
+    data = mf.load_manifest(out / "m-fp16.json")["precision_details"]["data"]
+    assert data["check_held_back"] is False

@@ -305,6 +305,12 @@ def _reduced(req: BuildRequest, result: BuildResult, fp32: Artifact, precision: 
                                        min_agreement=min_agreement, target=req.target, quiet=req.quiet)
         details["onnx"] = final.name
         details.setdefault("target", req.target)
+        data = details.get("data", {})
+        if data.get("check_held_back") is False:
+            _note(req, result, f"{precision.upper()} accuracy check: {data.get('source')} has no frames left to hold "
+                               f"back from the {data.get('calibration_frames')} calibration frames, so the check "
+                               "ran on calibration frames (check_held_back: false; give a longer source or a "
+                               "smaller --calib-count for an independent check)")
         m = None
         if fp32.manifest is not None:
             m = precision_manifest(fp32.manifest, final.name, staged, precision, details, out_dir)
