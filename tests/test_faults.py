@@ -268,3 +268,104 @@ def test_export_says_in_one_line_when_no_frames_are_left_to_hold_back(tmp_path):
     assert len(notes) == 1 and notes[0].startswith("note: FP16 accuracy check") and "check_held_back: false" in notes[0]
     data = mf.load_manifest(out / "m-fp16.json")["precision_details"]["data"]
     assert data["check_held_back"] is False
+
+
+# ------------------------------------------------------------------------------- 4. live sources
+class FakeLive:
+    """A camera without a network: a frame every `interval` s whether or not anyone reads, like a device.
+    Frames carry their capture time; `in_flight` tracks frames produced and not yet written or dropped."""
+
+    kind = "webcam"
+    description = "fake camera"
+    fps = 100.0
+    frame_count = None
+    stem = "fake"
+    ended_early = None
+    is_video = True
+
+    def __init__(self, frames: int, interval: float, live: bool = True) -> None:
+        self.n, self.interval, self.is_live = frames, interval, live
+        self.produced = 0
+
+    def frames(self):
+        from lrformer_deploy.runtime.sources import Frame
+
+        t0 = time.perf_counter()
+        for i in range(self.n):
+            due = t0 + i * self.interval
+            wait = due - time.perf_counter()
+            if wait > 0:
+                time.sleep(wait)
+            self.produced += 1
+            image = np.full((32, 32, 3), i % 256, np.uint8)
+            yield Frame(index=i, stem=self.stem, image=image, captured=due)
+
+    def close(self) -> None:
+        pass
+
+
+class SlowSegmenter:
+    """The tiny model, 40 ms per inference: slower than the fake camera's 10 ms per frame."""
+
+    def __init__(self, seg, seconds: float = 0.04) -> None:
+        self.seg, self.seconds = seg, seconds
+
+    def __getattr__(self, name):
+        return getattr(self.seg, name)
+
+    def infer(self, tensor):
+        time.sleep(self.seconds)
+        return self.seg.infer(tensor)
+
+
+def test_live_source_keeps_at_most_one_frame_waiting_and_counts_the_dropped(tiny_model, tmp_path):
+    from lrformer_deploy.runtime.pipeline import PipelineOptions, run_pipeline
+    from lrformer_deploy.runtime.segmenter import Segmenter
+    from lrformer_deploy.runtime.sinks import Outputs
+
+    with Segmenter(tiny_model()) as seg:
+        slow = SlowSegmenter(seg)
+        source = FakeLive(120, 0.01)
+        outputs = Outputs(mask_dir=tmp_path / "masks")
+        written = []
+        real_write = outputs.write
+
+        def write(frame, *a, **k):
+            written.append(frame.index)
+            real_write(frame, *a, **k)
+
+        outputs.write = write
+        result = run_pipeline(slow, source, outputs, PipelineOptions(progress=False))
+        live_written = list(written)
+        assert result.frames == len(live_written) and result.dropped > 0
+        assert result.frames + result.dropped == 120  # every frame is either segmented or counted as dropped
+        assert live_written == sorted(live_written)  # in order, newest first after each drop
+        assert result.summary()["dropped"] == result.dropped
+        p95_live = result.summary()["latency_ms"]["p95"]
+
+        # The same camera with every frame kept (as for files): nothing dropped, latency grows with the backlog.
+        written.clear()
+        source = FakeLive(120, 0.01, live=False)
+        kept = run_pipeline(slow, source, outputs, PipelineOptions(progress=False))
+        assert kept.frames == 120 and kept.dropped == 0 and written == list(range(120))
+        assert kept.summary()["latency_ms"]["p95"] > p95_live
+
+
+def test_live_mode_never_queues_more_than_one_frame(tiny_model, tmp_path, monkeypatch):
+    """The slot between the camera and the pipeline holds at most one frame at every put."""
+    from lrformer_deploy.runtime import pipeline
+    from lrformer_deploy.runtime.segmenter import Segmenter
+    from lrformer_deploy.runtime.sinks import Outputs
+
+    sizes = []
+    real_put = pipeline.LatestFrame.put
+
+    def put(self, frame):
+        real_put(self, frame)
+        sizes.append(self.waiting)
+
+    monkeypatch.setattr(pipeline.LatestFrame, "put", put)
+    with Segmenter(tiny_model()) as seg:
+        result = pipeline.run_pipeline(SlowSegmenter(seg), FakeLive(60, 0.01), Outputs(mask_dir=tmp_path / "m"),
+                                       pipeline.PipelineOptions(progress=False))
+    assert len(sizes) == 60 and max(sizes) == 1 and result.dropped > 0

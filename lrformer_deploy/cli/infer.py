@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-pixels", type=parse_pixels, default=MAX_PIXELS_FILES, metavar="N",
                    help=f"skip images whose header declares more pixels than this, without decoding them "
                         f"(N or WxH; default {MAX_PIXELS_FILES}; 0 = no limit)")
+    p.add_argument("--every-frame", action="store_true",
+                   help="webcams and streams: segment every frame, however far behind that falls (default: the "
+                        "newest frame, stale ones dropped and counted, so results stay about one inference old)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress line")
     return p
 
@@ -213,7 +216,8 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args, source, outputs, segmenter) -> int:
     from lrformer_deploy.runtime.pipeline import PipelineOptions, run_pipeline
 
-    options = PipelineOptions(opacity=args.opacity, legend=args.legend, show=args.show, progress=not args.quiet)
+    options = PipelineOptions(opacity=args.opacity, legend=args.legend, show=args.show, progress=not args.quiet,
+                              drop_stale=False if args.every_frame else None)
     summary_base = {
         "input": str(args.input),
         "source": source.kind,
@@ -246,6 +250,7 @@ def _run(args, source, outputs, segmenter) -> int:
     if not args.quiet:
         where = summary["outputs"]["overlay"] or summary["outputs"]["masks"]
         print(f"{result.frames} frames in {result.wall_s:.1f}s ({result.fps:.1f} fps) on {segmenter.backend_name}"
+              + (f", {result.dropped} stale frames dropped (live source)" if result.dropped else "")
               + (f" -> {where}" if where else ""), file=sys.stderr)
     if result.failed:
         for name, err in result.failed:

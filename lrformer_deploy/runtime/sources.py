@@ -34,6 +34,7 @@ class Frame:
     image: np.ndarray | None  # BGR uint8; None when the input could not be decoded
     path: Path | None = None
     error: str | None = None
+    captured: float | None = None  # perf_counter when the frame was taken from the device (live sources)
 
 
 class Source:
@@ -56,6 +57,13 @@ class Source:
     @property
     def is_video(self) -> bool:
         return self.kind in ("video", "webcam", "stream")
+
+    @property
+    def is_live(self) -> bool:
+        """A webcam or a stream that states no length: frames arrive in real time whether or not we keep
+        up, so the pipeline segments the newest and drops stale ones. A URL with a frame count is a file
+        served over the network: every frame is kept, as for a local file."""
+        return self.kind == "webcam" or (self.kind == "stream" and not self.frame_count)
 
 
 def header_size(data: bytes | memoryview | os.PathLike | str) -> tuple[int, int] | None:
@@ -156,7 +164,7 @@ class CaptureSource(Source):
         self._first = first
         fps = self.cap.get(cv2.CAP_PROP_FPS)
         self.fps = fps if fps and math.isfinite(fps) and 0 < fps < 1000 else DEFAULT_FPS
-        count = int(self.cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0) if kind == "video" else 0
+        count = int(self.cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0) if kind in ("video", "stream") else 0
         self.frame_count = count if count > 0 else None
         if self.frame_count and max_frames:
             self.frame_count = min(self.frame_count, max_frames)
