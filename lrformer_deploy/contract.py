@@ -25,6 +25,9 @@ TRUNCATION_SLACK = 1
 # cost; local files get a higher cap (camera photos reach 50 MP) that still stops such bombs. 0 = no cap.
 MAX_PIXELS_SERVE = 4096 * 4096
 MAX_PIXELS_FILES = 100_000_000
+# How long a live stream (rtsp/http without a length) may be gone before a run ends with what it has:
+# long enough for a camera or server restart. Files are never reconnected.
+DEFAULT_RECONNECT_S = 30.0
 ENGINE_MODES = ("auto", "require", "off")  # auto: build where TensorRT + a GPU are; require: fail otherwise
 # Layout of the mask head's Resize -> ArgMax tail: "nchw" for TensorRT (its IResizeLayer resizes the last
 # dims), "nhwc" for ONNX Runtime on CPUs, which reduces over contiguous classes several times faster.

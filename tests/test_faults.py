@@ -369,3 +369,113 @@ def test_live_mode_never_queues_more_than_one_frame(tiny_model, tmp_path, monkey
         result = pipeline.run_pipeline(SlowSegmenter(seg), FakeLive(60, 0.01), Outputs(mask_dir=tmp_path / "m"),
                                        pipeline.PipelineOptions(progress=False))
     assert len(sizes) == 60 and max(sizes) == 1 and result.dropped > 0
+
+
+# ------------------------------------------------------------------------------- 5. network streams
+class MjpegServer:
+    """An MJPEG camera over HTTP on 127.0.0.1 (multipart/x-mixed-replace, as IP cameras serve it): each
+    session sends `frames` frames at 25 fps, then the connection closes. Stopped and restarted on the same
+    port by the test; while `serving` is off it answers 503."""
+
+    def __init__(self, port: int = 0, frames: int = 30) -> None:
+        import http.server
+        import threading
+
+        outer = self
+        self.frames, self.serving, self.sessions = frames, True, 0
+        self.session_done = threading.Event()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                if not outer.serving:
+                    self.send_error(503)
+                    return
+                outer.sessions += 1
+                self.send_response(200)
+                self.send_header("Content-Type", "multipart/x-mixed-replace;boundary=frame")
+                self.end_headers()
+                try:
+                    for i in range(outer.frames):
+                        ok, jpg = cv2.imencode(".jpg", np.full((48, 64, 3), (i * 8) % 256, np.uint8))
+                        self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n"
+                                         % len(jpg) + jpg.tobytes() + b"\r\n")
+                        self.wfile.flush()
+                        time.sleep(0.04)
+                except OSError:
+                    pass
+                finally:
+                    outer.serving = False  # one session per start: the camera "goes away" after it
+                    outer.session_done.set()
+
+        self._handler = Handler
+        self.port = port
+        self.start()
+
+    def start(self) -> None:
+        import http.server
+        import threading
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), self._handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.serving = True
+        self.session_done.clear()
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(10)
+
+
+def test_stream_that_stops_is_reconnected_into_the_same_output_and_one_that_never_returns_ends_cleanly(
+        tiny_model, tmp_path):
+    server = MjpegServer(frames=30)
+    out, masks, report = tmp_path / "cam.mp4", tmp_path / "masks", tmp_path / "r.json"
+    proc = subprocess.Popen([sys.executable, "-m", "lrformer_deploy.cli.infer", f"http://127.0.0.1:{server.port}/cam.mjpg",
+                             "--model", str(tiny_model()), "--output", str(out), "--save-mask", str(masks),
+                             "--json", str(report), "--reconnect", "4", "--every-frame"],
+                            cwd=tmp_path, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert server.session_done.wait(60), "the client never connected"
+        server.stop()  # the camera is gone: connections are refused
+        time.sleep(1.0)
+        server.start()  # back on the same port: the client reconnects within --reconnect
+        assert server.session_done.wait(30), "the client did not reconnect"
+        server.stop()  # gone for good: after 4 s of retries the run ends with what it has
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, stderr
+    assert "Traceback" not in stderr
+    summary = json.loads(report.read_text())
+    assert summary["gaps"] == 1 and summary["stream_lost"] is True, summary
+    assert summary["frames"] == 60 and summary["dropped"] == 0  # both sessions, every frame
+    assert len(list(masks.glob("*.png"))) == 60
+    cap = cv2.VideoCapture(str(out))
+    n = 0
+    while cap.read()[0]:
+        n += 1
+    assert n == 60  # one output, both sessions in it
+    notes = [line for line in stderr.splitlines() if "did not come back" in line]
+    assert len(notes) == 1 and "kept the 60 frames" in notes[0]
+    assert not list(tmp_path.glob(".*partial*"))
+
+
+def test_reconnect_zero_ends_at_the_first_outage(tiny_model, tmp_path):
+    server = MjpegServer(frames=10)
+    try:
+        proc = cli("infer", f"http://127.0.0.1:{server.port}/cam.mjpg", "--model", tiny_model(), "--no-overlay",
+                   "--json", tmp_path / "r.json", "--reconnect", 0, "--every-frame", "--quiet", cwd=tmp_path, timeout=60)
+    finally:
+        server.stop()
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((tmp_path / "r.json").read_text())
+    assert summary["frames"] == 10 and summary["gaps"] == 0 and summary["stream_lost"] is False
+    assert server.sessions == 1

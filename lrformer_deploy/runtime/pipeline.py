@@ -86,6 +86,8 @@ class PipelineResult:
     stats: Stats = field(default_factory=Stats)
     ended_early: tuple[int, int] | None = None  # (read, stated): the video ended before its stated length
     dropped: int = 0  # live sources: stale frames replaced by a newer one before they were segmented
+    gaps: int = 0  # live streams: outages bridged by reconnecting
+    stream_lost: bool = False  # live streams: stopped and did not come back within the reconnect time
 
     @property
     def fps(self) -> float:
@@ -99,6 +101,8 @@ class PipelineResult:
             "failed": [{"input": name, "error": err} for name, err in self.failed],
             "interrupted": self.interrupted,
             "dropped": self.dropped,
+            "gaps": self.gaps,
+            "stream_lost": self.stream_lost,
             "ended_early": ({"read": self.ended_early[0], "expected": self.ended_early[1]}
                             if self.ended_early else None),
             "wall_s": round(self.wall_s, 4),
@@ -410,6 +414,7 @@ def run_pipeline(segmenter: Any, source: Source, outputs: Outputs, options: Pipe
         raise
     finally:
         stop.set()
+        getattr(source, "interrupt", lambda: None)()  # a reconnect in progress stops waiting
         writer_done.wait()
         for t in threads:
             # Workers see `stop` within ~0.1 s; an inference call in flight finishes first.
@@ -417,6 +422,7 @@ def run_pipeline(segmenter: Any, source: Source, outputs: Outputs, options: Pipe
         source.close()
         result.ended_early = source.ended_early
         result.dropped = slot.dropped if slot is not None else 0
+        result.gaps, result.stream_lost = getattr(source, "gaps", 0), getattr(source, "lost", False)
         # A second signal must not strand the finished video under its temporary name.
         with _signals_deferred():
             outputs.finish(outcome)

@@ -18,13 +18,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from lrformer_deploy.contract import TRUNCATION_SLACK
+from lrformer_deploy.contract import DEFAULT_RECONNECT_S, TRUNCATION_SLACK
 from lrformer_deploy.errors import UserError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".jp2"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".m4v", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".ts", ".3gp"}
 STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://")
 DEFAULT_FPS = 25.0
+STREAM_OPEN_TIMEOUT_MS = 10_000
+STREAM_READ_TIMEOUT_MS = 5_000  # a stream silent this long counts as stopped (then --reconnect applies)
 
 
 @dataclass
@@ -47,12 +49,17 @@ class Source:
     stem = "output"
     # (frames read, frames the container promised) when a video ended before its stated length
     ended_early: tuple[int, int] | None = None
+    gaps: int = 0  # live streams: outages bridged by reconnecting (--reconnect)
+    lost: bool = False  # live streams: the stream stopped and did not come back within the reconnect time
 
     def frames(self) -> Iterator[Frame]:
         raise NotImplementedError
 
     def close(self) -> None:
         pass
+
+    def interrupt(self) -> None:
+        """Ask `frames()` to stop waiting (a reconnect in progress); called from another thread."""
 
     @property
     def is_video(self) -> bool:
@@ -143,14 +150,24 @@ class ImageSource(Source):
 
 
 class CaptureSource(Source):
-    """Video file, webcam or stream through cv2.VideoCapture (FFmpeg backend for files and URLs)."""
+    """Video file, webcam or stream through cv2.VideoCapture (FFmpeg backend for files and URLs).
 
-    def __init__(self, target: str | int, kind: str, stem: str, max_frames: int | None = None) -> None:
+    A live stream (no stated length) that stops or stalls is reopened with backoff for up to `reconnect`
+    seconds after its last frame; frames then continue with the next index (`gaps` counts the outages
+    bridged). One that does not come back ends the frames cleanly (`lost`)."""
+
+    def __init__(self, target: str | int, kind: str, stem: str, max_frames: int | None = None,
+                 reconnect: float = 0.0) -> None:
+        import threading
+
         self.kind = kind
         self.stem = stem
+        self.target = target
         self.description = str(target)
         self.max_frames = max_frames
-        self.cap = cv2.VideoCapture(target)
+        self.reconnect = float(reconnect or 0.0)
+        self._interrupted = threading.Event()
+        self.cap = self._open()
         if not self.cap.isOpened():
             self.cap.release()
             what = {"video": f"cannot open video {target}: not a video file, or a codec OpenCV cannot decode",
@@ -170,6 +187,15 @@ class CaptureSource(Source):
             self.frame_count = min(self.frame_count, max_frames)
         self.frame_size = first.shape[:2]
 
+    def _open(self) -> cv2.VideoCapture:
+        if self.kind != "stream":
+            return cv2.VideoCapture(self.target)
+        # Without a read timeout a stalled stream blocks in read() for as long as the server keeps the
+        # connection open; with one, a stall is a failed read, which reconnecting handles.
+        return cv2.VideoCapture(self.target, cv2.CAP_FFMPEG,
+                                [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, STREAM_OPEN_TIMEOUT_MS,
+                                 cv2.CAP_PROP_READ_TIMEOUT_MSEC, STREAM_READ_TIMEOUT_MS])
+
     def frames(self) -> Iterator[Frame]:
         index = 0
         image = self._first
@@ -181,14 +207,41 @@ class CaptureSource(Source):
                 break
             ok, image = self.cap.read()
             if not ok:
-                image = None
+                image = self._reconnect() if self.is_live and self.reconnect > 0 else None
         else:
             self._check_length(index)
+
+    def _reconnect(self) -> np.ndarray | None:
+        """Reopen the stream with exponential backoff until a frame comes or `reconnect` seconds pass."""
+        import time
+
+        deadline = time.monotonic() + self.reconnect
+        delay = 0.25
+        while not self._interrupted.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            if self._interrupted.wait(min(delay, left)):
+                break
+            delay = min(delay * 2, 5.0)
+            self.cap.release()
+            self.cap = self._open()
+            ok, image = self.cap.read() if self.cap.isOpened() else (False, None)
+            if ok and image is not None:
+                self.gaps += 1
+                if image.shape[:2] != self.frame_size:  # the output video keeps the first size
+                    image = cv2.resize(image, (self.frame_size[1], self.frame_size[0]), interpolation=cv2.INTER_AREA)
+                return image
+        self.lost = not self._interrupted.is_set()
+        return None
+
+    def interrupt(self) -> None:
+        self._interrupted.set()
 
     def _check_length(self, read: int) -> None:
         # FFmpeg estimates the count of some containers from duration x fps, which can be one frame over;
         # more than that missing is a truncated or damaged file, not rounding.
-        if self.kind == "video" and self.frame_count and read < self.frame_count - TRUNCATION_SLACK:
+        if self.kind in ("video", "stream") and self.frame_count and read < self.frame_count - TRUNCATION_SLACK:
             self.ended_early = (read, self.frame_count)
 
     def close(self) -> None:
@@ -206,14 +259,17 @@ def _list_folder(folder: Path) -> list[Path]:
     return sorted(entries)
 
 
-def open_source(text: str | int, max_frames: int | None = None, max_pixels: int | None = None) -> Source:
+def open_source(text: str | int, max_frames: int | None = None, max_pixels: int | None = None,
+                reconnect: float | None = None) -> Source:
     """Open an input given as text (CLI argument) or an int webcam index. Images whose header declares
-    more than `max_pixels` pixels are refused undecoded (a decompression bomb costs nothing)."""
+    more than `max_pixels` pixels are refused undecoded (a decompression bomb costs nothing). A live
+    stream is reconnected for up to `reconnect` seconds (None: DEFAULT_RECONNECT_S; files: never)."""
     if isinstance(text, int):
         return CaptureSource(text, "webcam", f"webcam{text}", max_frames)
     text = str(text)
     if text.lower().startswith(STREAM_SCHEMES):
-        return CaptureSource(text, "stream", "stream", max_frames)
+        return CaptureSource(text, "stream", "stream", max_frames,
+                             DEFAULT_RECONNECT_S if reconnect is None else reconnect)
     path = Path(text).expanduser()
     if path.is_dir():
         images = _list_folder(path)
