@@ -130,7 +130,11 @@ class BatchSegmenter:
     def __init__(self, model: str | None = None, *, backend: str = "auto", device: str | None = None,
                  resize: str = "stretch", input_size: tuple[int, int] | None = None, threads: int | None = None,
                  output_dir: str | None = None, save_mask: bool = True, overlay: bool = False,
-                 opacity: float = 0.5, legend: bool = False, color: str = "BGR") -> None:
+                 opacity: float = 0.5, legend: bool = False, color: str = "BGR",
+                 run_started: float | None = None) -> None:
+        """`run_started` (time.time() when the job began): an output file modified since then was written by
+        this run already, by an actor that was killed before it could return the batch; Ray restarts the
+        actor and retries the batch, and the retry leaves that file alone instead of writing it twice."""
         from lrformer_deploy.runtime.segmenter import Segmenter
 
         if color not in ("BGR", "RGB"):
@@ -139,6 +143,7 @@ class BatchSegmenter:
                                    intra_op_threads=threads)
         self.layout = Layout(Path(output_dir), save_mask, overlay) if output_dir else None
         self.opacity, self.legend, self.color = opacity, legend, color
+        self.run_started = run_started
         self.lut = palette_lut(self.segmenter.palette)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -204,6 +209,14 @@ class BatchSegmenter:
                     errors[i] = f"segmentation failed: {_reason(exc)}"
         return masks
 
+    def _written_this_run(self, path: Path) -> bool:
+        if self.run_started is None:
+            return False
+        try:
+            return path.stat().st_mtime >= self.run_started
+        except OSError:
+            return False
+
     def _write(self, kind: str, stem: str, index: int, image: np.ndarray, mask: np.ndarray) -> None:
         layout = self.layout
         if kind == "frame":
@@ -211,11 +224,13 @@ class BatchSegmenter:
             if layout.save_mask or layout.overlay:
                 folder = layout.frame_mask_dir(stem)
                 folder.mkdir(parents=True, exist_ok=True)
-                write_image(folder / mask_name(stem, index), mask)
+                path = folder / mask_name(stem, index)
+                if not self._written_this_run(path):
+                    write_image(path, mask)
             return
-        if layout.save_mask:
+        if layout.save_mask and not self._written_this_run(layout.mask_dir / mask_name(stem)):
             write_image(layout.mask_dir / mask_name(stem), mask)
-        if layout.overlay:
+        if layout.overlay and not self._written_this_run(layout.overlay_dir / overlay_name(stem, False)):
             drawn = blend(image, mask, self.lut, self.opacity)
             if self.legend:
                 draw_legend(drawn, mask, self.segmenter.class_names, self.lut)
