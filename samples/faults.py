@@ -243,7 +243,7 @@ def bomb_serve(d: Path) -> None:
                 time.sleep(0.02)
         refused = sum("--max-pixels" in e for e in errors)
         row("12 decompression bombs, 4 at a time -> lrformer-serve 'encoded'",
-            f"{refused}/12 refused: ...{errors[0].strip()[-150:]}",
+            f"{refused}/12 refused: ...{errors[0].strip().splitlines()[0][-150:]}",
             f"server RSS {before:.0f} MiB -> peak {peak[0]:.0f} MiB; still serving: {proc.poll() is None}")
     finally:
         proc.send_signal(signal.SIGTERM)
