@@ -377,13 +377,15 @@ class MjpegServer:
     session sends `frames` frames at 25 fps, then the connection closes. Stopped and restarted on the same
     port by the test; while `serving` is off it answers 503."""
 
-    def __init__(self, port: int = 0, frames: int = 30) -> None:
+    def __init__(self, port: int = 0, frames: int = 30, stall_first: bool = False) -> None:
         import http.server
         import threading
 
         outer = self
         self.frames, self.serving, self.sessions = frames, True, 0
         self.session_done = threading.Event()
+        self.release = threading.Event()  # ends a stalled session
+        self.stall_first = stall_first  # the first session goes silent with its connection open
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def log_message(self, *args):
@@ -404,6 +406,11 @@ class MjpegServer:
                                          % len(jpg) + jpg.tobytes() + b"\r\n")
                         self.wfile.flush()
                         time.sleep(0.04)
+                    if outer.stall_first and outer.sessions == 1:
+                        outer.serving = True  # a reconnect is answered while this connection hangs
+                        outer.session_done.set()
+                        outer.release.wait(30)
+                        return
                 except OSError:
                     pass
                 finally:
@@ -479,3 +486,20 @@ def test_reconnect_zero_ends_at_the_first_outage(tiny_model, tmp_path):
     summary = json.loads((tmp_path / "r.json").read_text())
     assert summary["frames"] == 10 and summary["gaps"] == 0 and summary["stream_lost"] is False
     assert server.sessions == 1
+
+
+def test_stalled_stream_times_out_and_is_reconnected(tiny_model, tmp_path):
+    """A stream whose connection stays open but sends nothing: the read times out (5 s) and the stream is
+    reopened, instead of the run hanging."""
+    server = MjpegServer(frames=10, stall_first=True)
+    try:
+        proc = cli("infer", f"http://127.0.0.1:{server.port}/cam.mjpg", "--model", tiny_model(), "--no-overlay",
+                   "--json", tmp_path / "r.json", "--reconnect", 3, "--every-frame", "--quiet", cwd=tmp_path,
+                   timeout=90)
+    finally:
+        server.release.set()
+        server.stop()
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((tmp_path / "r.json").read_text())
+    assert summary["frames"] == 20 and summary["gaps"] == 1 and summary["stream_lost"] is True, summary
+    assert server.sessions == 2
