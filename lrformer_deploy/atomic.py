@@ -62,6 +62,21 @@ def temporary_sibling(path: str | os.PathLike) -> Path:
     return Path(tmp)
 
 
+def fsync_dir(folder: str | os.PathLike) -> None:
+    """Flush a folder's entries to disk, so renames into it survive a power loss (POSIX; a no-op where a
+    folder cannot be opened, e.g. Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def commit(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
     """Move a finished temporary into place: flushed to disk, then renamed atomically."""
     with open(tmp, "rb") as f:

@@ -17,6 +17,17 @@ REDUCED_PRECISIONS = ("fp16", "int8")  # graphs derived from the FP32 one
 PRECISIONS = ("fp32", *REDUCED_PRECISIONS)
 BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")  # what runs a graph; "auto" picks the fastest here
 CALIB_METHODS = ("entropy", "percentile", "minmax")
+# Frames a container's stated length may exceed the frames decoded by without the input counting as
+# truncated: FFmpeg estimates some containers' counts from duration x fps, which can be one over.
+TRUNCATION_SLACK = 1
+# Pixels one image may have before it is decoded (read from its header): a PNG of a few MB can declare
+# 20000x20000 pixels (1.2 GB decoded, more for the mask and overlay). A server caps what one request may
+# cost; local files get a higher cap (camera photos reach 50 MP) that still stops such bombs. 0 = no cap.
+MAX_PIXELS_SERVE = 4096 * 4096
+MAX_PIXELS_FILES = 100_000_000
+# How long a live stream (rtsp/http without a length) may be gone before a run ends with what it has:
+# long enough for a camera or server restart. Files are never reconnected.
+DEFAULT_RECONNECT_S = 30.0
 ENGINE_MODES = ("auto", "require", "off")  # auto: build where TensorRT + a GPU are; require: fail otherwise
 # Layout of the mask head's Resize -> ArgMax tail: "nchw" for TensorRT (its IResizeLayer resizes the last
 # dims), "nhwc" for ONNX Runtime on CPUs, which reduces over contiguous classes several times faster.

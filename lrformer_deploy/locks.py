@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import tempfile
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -104,3 +107,74 @@ def output_lock(target: str | os.PathLike) -> Iterator[None]:
     """Hold the write lock of one output path for the block; UserError if another process holds it."""
     with OutputLocks([target]):
         yield
+
+
+# ------------------------------------------------------------------------------------ owned staging folders
+OWNER_FILE = ".owner"
+# A folder without an owner file is either from a version that wrote none, or microseconds old (created,
+# owner file not yet in); only the first kind is this old.
+UNOWNED_GRACE_S = 600.0
+
+
+@contextlib.contextmanager
+def owned_temporary_folder(parent: str | os.PathLike, prefix: str, suffix: str) -> Iterator[Path]:
+    """A new hidden folder in `parent` (like tempfile.TemporaryDirectory), removed on exit, that carries
+    an flock-held owner file for its whole life. The kernel drops the lock when the process dies, even by
+    SIGKILL, so `remove_abandoned_folders` can tell a live export's folder from a killed one's without
+    guessing from pids (which are reused) or ages."""
+    folder = Path(tempfile.mkdtemp(dir=parent, prefix=prefix, suffix=suffix))
+    fd = None
+    try:
+        if fcntl is not None:
+            # Locked under a temporary name and only then renamed to OWNER_FILE: a sweeper never sees an
+            # owner file that is not locked yet.
+            pending = folder / f"{OWNER_FILE}.new"
+            fd = os.open(pending, os.O_RDWR | os.O_CREAT, 0o644)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+            os.replace(pending, folder / OWNER_FILE)
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        if fd is not None:
+            os.close(fd)
+
+
+def remove_abandoned_folders(parent: str | os.PathLike, prefix: str = ".", suffix: str = ".partial",
+                             unowned_grace_s: float = UNOWNED_GRACE_S) -> list[Path]:
+    """Remove the `owned_temporary_folder`s in `parent` whose owner is gone (killed, power loss), and
+    owner-less ones older than `unowned_grace_s`. Folders of live processes are left alone. Returns what
+    was removed."""
+    removed: list[Path] = []
+    try:
+        with os.scandir(parent) as it:
+            candidates = [Path(e.path) for e in it
+                          if e.name.startswith(prefix) and e.name.endswith(suffix) and e.is_dir(follow_symlinks=False)]
+    except OSError:
+        return removed
+    for folder in candidates:
+        try:
+            fd = os.open(folder / OWNER_FILE, os.O_RDONLY)
+        except FileNotFoundError:
+            try:
+                old = time.time() - folder.stat().st_mtime > unowned_grace_s
+            except OSError:
+                continue
+            if old:
+                shutil.rmtree(folder, ignore_errors=True)
+                removed.append(folder)
+            continue
+        except OSError:
+            continue
+        try:
+            if fcntl is None:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # a live process holds it
+            shutil.rmtree(folder, ignore_errors=True)  # removed while we hold its lock
+            removed.append(folder)
+        finally:
+            os.close(fd)
+    return removed

@@ -86,12 +86,15 @@ def publish(files: list[tuple[Path, Path]], manifest: dict | None = None,
             manifest_path: str | os.PathLike | None = None) -> None:
     """Move verified artifacts from their temporary/staging names into place, the manifest LAST.
 
-    The manifest is the commit point of an export: it is written completely to a temporary file first,
-    the old manifest is withdrawn before any file it vouches for is replaced, then the files are renamed
-    and the new manifest renamed in. Signals are held for those renames, so an interrupted re-export
-    leaves the old artifacts with their old manifest, or the new ones with the new manifest.
+    The manifest is the commit point of an export: it is written completely (and flushed) to a temporary
+    file first, the files are renamed into place, then the new manifest atomically replaces the old one
+    (never unlinked first: at every instant a manifest exists). Signals are held for those renames, so an
+    interrupted re-export leaves the old artifacts with their old manifest, or the new ones with the new
+    manifest. Only SIGKILL or a power loss between the renames can leave the old manifest beside a new
+    graph; its sha256 then no longer matches, which the runtime refuses and the next export rebuilds.
+    The folders are fsynced after the renames, so a power loss cannot undo them.
     """
-    from lrformer_deploy.atomic import commit, temporary_sibling
+    from lrformer_deploy.atomic import commit, fsync_dir, temporary_sibling
 
     tmp_manifest = None
     if manifest is not None:
@@ -100,13 +103,16 @@ def publish(files: list[tuple[Path, Path]], manifest: dict | None = None,
         tmp_manifest.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     try:
         with _signals_held():
-            if manifest_path is not None and Path(manifest_path).exists():
-                os.unlink(manifest_path)
             for src, dst in files:
                 commit(src, dst)
             if tmp_manifest is not None:
                 commit(tmp_manifest, manifest_path)
                 tmp_manifest = None
+        folders = {Path(dst).parent.resolve() for _src, dst in files}
+        if manifest_path is not None:
+            folders.add(Path(manifest_path).parent.resolve())
+        for folder in folders:
+            fsync_dir(folder)
     finally:
         if tmp_manifest is not None and tmp_manifest.exists():
             tmp_manifest.unlink()

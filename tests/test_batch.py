@@ -206,11 +206,14 @@ def test_bad_inputs_are_reported_and_the_rest_completes(tmp_path, data, ray_addr
     writer.release()
     blob = avi.read_bytes()
     (inputs / "short.avi").write_bytes(blob[: len(blob) // 2])
+    from test_faults import bomb_png
+
+    (inputs / "bomb.png").write_bytes(bomb_png())  # declares 20000x20000: refused from its header
     out = tmp_path / "out"
     proc = run_cli("batch", inputs, data["video"], "-o", out, "--model", data["model"], "--overlay",
                    "--save-mask", "--frames-per-task", 8, "--address", ray_address)
     assert proc.returncode == 1, proc.stderr
-    bad = {str(inputs / name) for name in ("corrupt.png", "cut.mp4", "short.avi")}
+    bad = {str(inputs / name) for name in ("corrupt.png", "cut.mp4", "short.avi", "bomb.png")}
     for path in bad:
         assert any(line.startswith("error:") and path in line for line in proc.stderr.splitlines()), (path, proc.stderr)
     assert "Traceback" not in proc.stderr
@@ -219,6 +222,7 @@ def test_bad_inputs_are_reported_and_the_rest_completes(tmp_path, data, ray_addr
     assert {p for p, r in records.items() if r["status"] == "failed"} == bad
     assert all(records[p]["error"] for p in bad)
     assert "video ends at frame" in records[str(inputs / "short.avi")]["error"]
+    assert "--max-pixels" in records[str(inputs / "bomb.png")]["error"]
     # every good output is there
     for path in good:
         assert (out / "masks" / path.name).is_file() and (out / "overlays" / f"{path.stem}_seg.png").is_file()
@@ -385,3 +389,60 @@ def test_resume_removes_the_temporaries_of_killed_workers(tmp_path):
         p.write_bytes(b"x")
     assert layout.remove_stale_temporaries() == 2
     assert not any(p.exists() for p in stale) and all(p.exists() for p in kept)
+
+
+# ---------------------------------------------------------------- an actor killed mid-run (issue 20)
+def actor_pids() -> set[int]:
+    out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
+    return {int(line.split(None, 1)[0]) for line in out.splitlines()
+            if "BatchSegmenter" in line and "pytest" not in line}
+
+
+def test_sigkill_of_an_actor_mid_run_still_finishes_with_every_mask_once(tmp_path, data, ray_address):
+    inputs = tmp_path / "many"
+    inputs.mkdir()
+    src = cv2.imread(str(sorted(data["frames"].glob("*.png"))[0]))
+    small = cv2.resize(src, (96, 54))
+    total = 150
+    for i in range(total):
+        cv2.imwrite(str(inputs / f"img_{i:04d}.png"), np.roll(small, 3 * i, axis=1))
+    ref = tmp_path / "ref"
+    proc = run_cli("infer", inputs, "--model", data["model"], "--no-overlay", "--save-mask", ref, "--quiet")
+    assert proc.returncode == 0, proc.stderr
+
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", "lrformer_deploy.cli.batch", str(inputs), "-o", str(out), "--model",
+            str(data["model"]), "--batch-size", "1", "--actors", "1", "--address", ray_address, "--quiet"]
+    before = actor_pids()
+    driver = subprocess.Popen(args, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 180
+        killed = None
+        while time.time() < deadline and driver.poll() is None:
+            done = len(list((out / "masks").glob("*.png"))) if (out / "masks").is_dir() else 0
+            actors = actor_pids() - before
+            if done >= 5 and actors:
+                killed = actors.pop()
+                os.kill(killed, signal.SIGKILL)
+                break
+            time.sleep(0.02)
+        assert killed is not None, "the job finished before an actor could be killed"
+        time.sleep(0.3)
+        written = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (out / "masks").glob("*.png")}
+        assert len(written) < total
+        _, stderr = driver.communicate(timeout=240)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.communicate()
+    assert driver.returncode == 0, stderr
+    assert killed not in actor_pids()  # the dead one stayed dead: a restarted actor finished the job
+    m = manifest(out)
+    assert m["counts"] == {"done": total} and m["summary"]["frames"] == total  # every input once
+    expected, got = read_masks(ref), read_masks(out / "masks")
+    assert sorted(got) == sorted(expected)
+    assert not [name for name in expected if not np.array_equal(expected[name], got[name])]
+    for name, stamp in written.items():  # written before the kill: not written again by the retry
+        now = (out / "masks" / name).stat()
+        assert (now.st_ino, now.st_mtime_ns) == stamp, name
+    assert not list(out.rglob(".*.partial*"))

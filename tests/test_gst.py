@@ -280,3 +280,27 @@ def test_lrformer_gst_discovery(gst_env):
     assert bare.returncode == 1 and "MISSING" in bare.stdout and "lrformer-gst --env" in bare.stdout
     usage = cli()
     assert usage.returncode == 2 and usage.stderr.startswith("error:")
+
+
+def test_truncated_input_posts_a_warning_with_frames_read_of_stated(gst_env, demo_onnx, tmp_path):
+    """A QuickTime file with its index in front (faststart, like most published MP4s) cut in half still
+    states its length; the element counts what arrived and warns at EOS, and the pipeline ends normally."""
+    full, cut = tmp_path / "full.mov", tmp_path / "cut.mov"
+    proc = launch(gst_env, "videotestsrc num-buffers=20 pattern=ball ! video/x-raw,width=128,height=96,framerate=10/1",
+                  f"! jpegenc ! qtmux faststart=true ! filesink location={full}")
+    assert proc.returncode == 0, proc.stderr
+    blob = full.read_bytes()
+    cut.write_bytes(blob[: len(blob) // 2])
+    for path, expect_warning in ((cut, True), (full, False)):
+        masks = tmp_path / f"{path.stem}.raw"
+        proc = launch(gst_env, f"filesrc location={path} ! decodebin ! videoconvert ! video/x-raw,format=BGR",
+                      f"! lrformerseg model={demo_onnx} mode=mask ! filesink location={masks}", messages=True)
+        assert proc.returncode == 0, proc.stderr
+        assert "Traceback" not in proc.stderr
+        got = np.fromfile(masks, np.uint8).size // (96 * 128)
+        found = re.search(r"WARNING: from element .*lrformerseg: read (\d+) of (\d+) frames", proc.stdout + proc.stderr)
+        if expect_warning:
+            assert found and (int(found[1]), int(found[2])) == (got, 20), proc.stdout[-2000:]
+            assert 0 < got < 19  # every frame that came is segmented and kept
+        else:
+            assert found is None and got == 20, proc.stdout[-2000:]

@@ -234,6 +234,81 @@ def test_serve_rejects_bad_requests_and_keeps_serving(served, frames, segmenter)
     assert proc.poll() is None
 
 
+def bomb_png(width: int = 20000, height: int = 20000) -> bytes:
+    """A valid PNG of a few tens of kB that declares width x height pixels (1-bit grey, all zero): decoded
+    to BGR it would take width * height * 3 bytes (1.2 GB at 20000x20000)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    z = zlib.compressobj(9)
+    row = bytes(1 + (width + 7) // 8)
+    body = b"".join(z.compress(row) for _ in range(height)) + z.flush()
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0))
+            + chunk(b"IDAT", body) + chunk(b"IEND", b""))
+
+
+def rss_mib(pids) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return total / 1024
+
+
+def test_serve_refuses_oversized_images_from_the_header_and_its_memory_stays_bounded(served, frames, segmenter):
+    from tritonclient.utils import InferenceServerException
+
+    proc, http, _, name, _ = served
+    bomb = bomb_png()
+    family = {proc.pid} | descendants(proc.pid)
+    before = rss_mib(family)
+    peak = [before]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], rss_mib(family))
+            time.sleep(0.02)
+
+    errors: list[str] = []
+
+    def send() -> None:
+        c = httpclient.InferenceServerClient(f"127.0.0.1:{http}")
+        try:
+            c.infer(name, [encoded_input(httpclient, bomb)])
+            errors.append("a bomb was answered with a mask")
+        except InferenceServerException as exc:
+            errors.append(str(exc))
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        for _ in range(3):  # three bursts of four at once: 12 requests that would each decode 1.2 GB
+            burst = [threading.Thread(target=send) for _ in range(4)]
+            for t in burst:
+                t.start()
+            for t in burst:
+                t.join(TIMEOUT)
+    finally:
+        done.set()
+        sampler.join()
+    assert len(errors) == 12 and all("400000000 pixels" in e and "--max-pixels" in e for e in errors), errors[:2]
+    assert peak[0] - before < 300, f"server RSS grew from {before:.0f} to {peak[0]:.0f} MiB"
+    # A raw frame over the limit is refused from its shape (4100 x 4100 > 4096 x 4096).
+    c = httpclient.InferenceServerClient(f"127.0.0.1:{http}")
+    with pytest.raises(InferenceServerException, match="--max-pixels"):
+        http_frame(c, name, np.zeros((4100, 4100, 3), np.uint8))
+    np.testing.assert_array_equal(http_frame(c, name, frames[0]), segmenter(frames[0]))  # still serving
+    assert proc.poll() is None
+
+
 def test_serve_stops_on_sigterm_and_leaves_nothing(served):
     proc, *_ = served
     family = descendants(proc.pid)
@@ -387,6 +462,15 @@ def test_repository_frames_model_equals_lrformer_infer(tritonserver, frames, tmp
     ok, jpeg = cv2.imencode(".jpg", frames[3])
     got = client.infer(f"{name}_frames", [encoded_input(httpclient, jpeg.tobytes())]).as_numpy(MASK_OUTPUT)[0]
     np.testing.assert_array_equal(got, segmenter(cv2.imdecode(jpeg, cv2.IMREAD_COLOR)))
+
+
+def test_repository_frames_model_refuses_oversized_images(tritonserver, frames, segmenter):
+    from tritonclient.utils import InferenceServerException
+
+    client, name = tritonserver
+    with pytest.raises(InferenceServerException, match="400000000 pixels"):
+        client.infer(f"{name}_frames", [encoded_input(httpclient, bomb_png())])
+    np.testing.assert_array_equal(http_frame(client, f"{name}_frames", frames[0]), segmenter(frames[0]))
 
 
 # ---------------------------------------------------------------------------------------------- dynamic batch

@@ -67,6 +67,7 @@ class JobOptions:
     progress: bool = True
     palette: tuple = ()
     class_names: tuple = ()
+    max_pixels: int | None = None  # images declaring more are failed undecoded
 
 
 @dataclass
@@ -169,7 +170,8 @@ def plan_resources(cpus: float, gpus: float, opts: JobOptions, local: bool) -> S
                   threads=threads)
 
 
-def build_dataset(items: list[Item], layout: Layout, opts: JobOptions, sizing: Sizing):
+def build_dataset(items: list[Item], layout: Layout, opts: JobOptions, sizing: Sizing,
+                  run_started: float | None = None):
     """The Ray Data pipeline for `items` (inputs without errors, not yet finished)."""
     import ray.data
 
@@ -183,7 +185,8 @@ def build_dataset(items: list[Item], layout: Layout, opts: JobOptions, sizing: S
     if images:
         blocks = max(1, min(len(images), math.ceil(len(images) / opts.batch_size)))
         ds = ray.data.read_binary_files(images, include_paths=True, override_num_blocks=blocks, **read_args)
-        parts.append(ds.map_batches(decode_images, batch_size=opts.batch_size, **read_args))
+        parts.append(ds.map_batches(decode_images, batch_size=opts.batch_size,
+                                    fn_kwargs={"max_pixels": opts.max_pixels}, **read_args))
     if ranges:
         ds = ray.data.from_items(ranges, override_num_blocks=len(ranges))
         parts.append(ds.map_batches(decode_video_ranges, batch_size=1, **read_args))
@@ -191,7 +194,7 @@ def build_dataset(items: list[Item], layout: Layout, opts: JobOptions, sizing: S
     kwargs = {"model": opts.model, "backend": opts.backend, "device": opts.device, "resize": opts.resize,
               "input_size": opts.input_size, "threads": sizing.threads, "output_dir": str(layout.root),
               "save_mask": layout.save_mask, "overlay": layout.overlay, "opacity": opts.opacity,
-              "legend": opts.legend}
+              "legend": opts.legend, "run_started": run_started}
     if sizing.gpus_per_actor > 0 and opts.device in (None, "auto"):
         kwargs["device"] = "cuda"  # Ray sets CUDA_VISIBLE_DEVICES per actor: its GPU is device 0
     return ds.map_batches(
@@ -201,6 +204,11 @@ def build_dataset(items: list[Item], layout: Layout, opts: JobOptions, sizing: S
         batch_size=opts.batch_size,
         num_cpus=sizing.cpus_per_actor,
         num_gpus=sizing.gpus_per_actor or None,
+        # An actor that dies (OOM killer, SIGKILL, a lost node) is restarted and its batches retried, without
+        # limit: Ray Data's defaults, stated here because the outputs rely on them (BatchSegmenter does not
+        # write an output twice when a retried batch was partly written; see run_started).
+        max_restarts=-1,
+        max_task_retries=-1,
     )
 
 
@@ -285,7 +293,7 @@ def _run(todo: list[Item], layout: Layout, manifest: RunManifest, opts: JobOptio
             except Exception as exc:  # noqa: BLE001 - reported per input
                 fail(state.item, f"overlay video: {_ray_error(exc)}", state.frames)
 
-    ds = build_dataset(todo, layout, opts, sizing)
+    ds = build_dataset(todo, layout, opts, sizing, run_started=time.time())
     try:
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             for path, kind, index, error, start, rows in zip(batch["path"], batch["kind"], batch["index"],

@@ -25,6 +25,7 @@ import numpy as np
 from lrformer_deploy.batch.outputs import Layout, mask_name, overlay_name, write_image
 from lrformer_deploy.runtime.overlay import blend, palette_lut, with_legend_strip
 from lrformer_deploy.runtime.preprocess import as_bgr
+from lrformer_deploy.runtime.sources import header_size, pixels_over
 
 _EMPTY = np.zeros((0, 0, 3), np.uint8)
 RESULT_COLUMNS = ("path", "kind", "index", "error", "range_start", "range_rows")
@@ -48,18 +49,21 @@ def _rows(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
     return out
 
 
-def decode_images(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def decode_images(batch: dict[str, np.ndarray], max_pixels: int | None = None) -> dict[str, np.ndarray]:
     """`read_binary_files(..., include_paths=True)` rows -> frame rows, decoded with OpenCV to BGR.
 
     OpenCV (not Pillow, which `read_images` uses) so pixels are exactly what `lrformer-infer` decodes;
-    an undecodable file becomes a row with `error` set instead of failing the whole job."""
+    an undecodable file, or one whose header declares more than `max_pixels` pixels (checked before
+    decoding), becomes a row with `error` set instead of failing the whole job."""
     rows = []
     for data, path in zip(batch["bytes"], batch["path"]):
         path = str(path)
         buf = np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, np.uint8)
-        image = cv2.imdecode(buf, cv2.IMREAD_COLOR) if buf.size else None
-        error = "" if image is not None else ("empty file" if not buf.size
-                                             else "not a decodable image (corrupt or unsupported format)")
+        size = header_size(buf.tobytes()) if max_pixels and buf.size else None
+        error = pixels_over(*size, max_pixels) if size else None
+        image = cv2.imdecode(buf, cv2.IMREAD_COLOR) if buf.size and not error else None
+        error = error or ("" if image is not None else ("empty file" if not buf.size
+                                                         else "not a decodable image (corrupt or unsupported format)"))
         rows.append({"path": path, "kind": "image", "stem": _stem(path), "index": 0,
                      "image": image if image is not None else _EMPTY, "error": error,
                      "range_start": -1, "range_rows": 1})
@@ -126,7 +130,11 @@ class BatchSegmenter:
     def __init__(self, model: str | None = None, *, backend: str = "auto", device: str | None = None,
                  resize: str = "stretch", input_size: tuple[int, int] | None = None, threads: int | None = None,
                  output_dir: str | None = None, save_mask: bool = True, overlay: bool = False,
-                 opacity: float = 0.5, legend: bool = False, color: str = "BGR") -> None:
+                 opacity: float = 0.5, legend: bool = False, color: str = "BGR",
+                 run_started: float | None = None) -> None:
+        """`run_started` (time.time() when the job began): an output file modified since then was written by
+        this run already, by an actor that was killed before it could return the batch; Ray restarts the
+        actor and retries the batch, and the retry leaves that file alone instead of writing it twice."""
         from lrformer_deploy.runtime.segmenter import Segmenter
 
         if color not in ("BGR", "RGB"):
@@ -135,6 +143,7 @@ class BatchSegmenter:
                                    intra_op_threads=threads)
         self.layout = Layout(Path(output_dir), save_mask, overlay) if output_dir else None
         self.opacity, self.legend, self.color = opacity, legend, color
+        self.run_started = run_started
         self.lut = palette_lut(self.segmenter.palette)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -200,6 +209,14 @@ class BatchSegmenter:
                     errors[i] = f"segmentation failed: {_reason(exc)}"
         return masks
 
+    def _written_this_run(self, path: Path) -> bool:
+        if self.run_started is None:
+            return False
+        try:
+            return path.stat().st_mtime >= self.run_started
+        except OSError:
+            return False
+
     def _write(self, kind: str, stem: str, index: int, image: np.ndarray, mask: np.ndarray) -> None:
         layout = self.layout
         if kind == "frame":
@@ -207,11 +224,13 @@ class BatchSegmenter:
             if layout.save_mask or layout.overlay:
                 folder = layout.frame_mask_dir(stem)
                 folder.mkdir(parents=True, exist_ok=True)
-                write_image(folder / mask_name(stem, index), mask)
+                path = folder / mask_name(stem, index)
+                if not self._written_this_run(path):
+                    write_image(path, mask)
             return
-        if layout.save_mask:
+        if layout.save_mask and not self._written_this_run(layout.mask_dir / mask_name(stem)):
             write_image(layout.mask_dir / mask_name(stem), mask)
-        if layout.overlay:
+        if layout.overlay and not self._written_this_run(layout.overlay_dir / overlay_name(stem, False)):
             drawn = blend(image, mask, self.lut, self.opacity)
             if self.legend:
                 drawn = with_legend_strip(drawn, mask, self.segmenter.class_names, self.lut)

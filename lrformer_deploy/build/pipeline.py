@@ -21,7 +21,6 @@ import contextlib
 import json
 import shutil
 import sys
-import tempfile
 import time
 import types
 from dataclasses import dataclass, field
@@ -88,9 +87,15 @@ class _Steps:
 
 @contextlib.contextmanager
 def _staging(out_dir: Path, stem: str) -> Iterator[Path]:
-    """A hidden folder beside the artifacts, removed whatever happens (failure, Ctrl-C, SIGTERM)."""
-    with tempfile.TemporaryDirectory(dir=out_dir, prefix=f".{stem}.", suffix=".partial") as tmp:
-        yield Path(tmp)
+    """A hidden folder beside the artifacts, removed whatever happens (failure, Ctrl-C, SIGTERM).
+
+    SIGKILL or a power loss cannot run that cleanup, so each staging folder holds an flock-held owner file
+    (locks.owned_temporary_folder), and every new one first removes the folders whose owner is gone."""
+    from lrformer_deploy.locks import owned_temporary_folder, remove_abandoned_folders
+
+    remove_abandoned_folders(out_dir, prefix=".", suffix=".partial")
+    with owned_temporary_folder(out_dir, prefix=f".{stem}.", suffix=".partial") as tmp:
+        yield tmp
 
 
 def _note(req: BuildRequest, result: BuildResult, text: str) -> None:
@@ -312,6 +317,12 @@ def _reduced(req: BuildRequest, result: BuildResult, fp32: Artifact, precision: 
                                        min_agreement=min_agreement, target=req.target, quiet=req.quiet)
         details["onnx"] = final.name
         details.setdefault("target", req.target)
+        data = details.get("data", {})
+        if data.get("check_held_back") is False:
+            _note(req, result, f"{precision.upper()} accuracy check: {data.get('source')} has no frames left to hold "
+                               f"back from the {data.get('calibration_frames')} calibration frames, so the check "
+                               "ran on calibration frames (check_held_back: false; give a longer source or a "
+                               "smaller --calib-count for an independent check)")
         m = None
         if fp32.manifest is not None:
             m = precision_manifest(fp32.manifest, final.name, staged, precision, details, out_dir)
@@ -387,6 +398,11 @@ def build(req: BuildRequest) -> BuildResult:
     validate(req)
     t0 = time.perf_counter()
     result = BuildResult()
+    if req.graph is None:
+        # Also when everything is reused and no staging folder is made: a killed export's leftovers go now.
+        from lrformer_deploy.locks import remove_abandoned_folders
+
+        remove_abandoned_folders(output_dir(req), prefix=".", suffix=".partial")
     precisions = [p for p in REDUCED_PRECISIONS if p in req.precisions]
     n_engines = 0 if req.engine == "off" else max(1, len(precisions))
     steps = _Steps(1 + len(precisions) + n_engines, req.quiet)

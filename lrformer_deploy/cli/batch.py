@@ -18,8 +18,9 @@ import socket
 import sys
 from pathlib import Path
 
-from lrformer_deploy.contract import BACKENDS
-from lrformer_deploy.cli.common import OneLineParser, opacity, parse_size, quiet_decoders, writable_folder
+from lrformer_deploy.contract import BACKENDS, MAX_PIXELS_FILES
+from lrformer_deploy.cli.common import (OneLineParser, opacity, parse_pixels, parse_size, quiet_decoders,
+                                        writable_folder)
 from lrformer_deploy.errors import UserError, cli_entry
 
 
@@ -105,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="frames per actor call (default 16)")
     p.add_argument("--frames-per-task", type=_positive_int, default=None, metavar="N",
                    help="video frames decoded per task (default: about 64 MB of frames, 8..256)")
+    p.add_argument("--max-pixels", type=parse_pixels, default=MAX_PIXELS_FILES, metavar="N",
+                   help=f"fail images whose header declares more pixels than this, without decoding them "
+                        f"(N or WxH; default {MAX_PIXELS_FILES}; 0 = no limit)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run recorded in DIR/manifest.json: skip inputs whose outputs are complete")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars and no summary line")
@@ -189,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
                       input_size=args.input_size, address=args.address, actors=args.actors,
                       gpus_per_actor=args.gpus_per_actor, cpus_per_actor=args.cpus_per_actor, threads=args.threads,
                       batch_size=args.batch_size, opacity=args.opacity, legend=args.legend, progress=progress,
-                      palette=palette, class_names=names)
+                      palette=palette, class_names=names, max_pixels=args.max_pixels)
     result = None
     if todo:
         try:

@@ -19,6 +19,14 @@ def parse_size(text: str) -> tuple[int, int]:
     return h, w
 
 
+def parse_pixels(text: str) -> int:
+    """'--max-pixels 16777216' or '4096x4096' -> a pixel count; 0 switches the cap off."""
+    m = re.fullmatch(r"\s*(\d+)\s*(?:[xX*]\s*(\d+))?\s*", str(text))
+    if not m:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a pixel count (e.g. 16777216 or 4096x4096; 0 = no limit)")
+    return int(m.group(1)) * (int(m.group(2)) if m.group(2) is not None else 1)
+
+
 class OneLineParser(argparse.ArgumentParser):
     """argparse that reports a bad flag as one `error:` line (exit 2) without the usage block, and takes
     options only as spelled: `--max-frame` is refused, not read silently as `--max-frames` (an

@@ -5,7 +5,8 @@
     lrformer-infer 0 --model m.engine --show       # webcam 0 on TensorRT
 
 Exit status: 0 success; 1 when some images of a folder/glob could not be read (the others are done and
-each bad file is named on stderr); 2 for a user mistake (one "error: ..." line); 128 + signal on Ctrl-C
+each bad file is named on stderr) or when a video ends before the frame count its container states
+(truncated or damaged: every frame read is segmented and kept, one line says "read X of Y frames"); 2 for a user mistake (one "error: ..." line); 128 + signal on Ctrl-C
 (130), SIGTERM (143) or SIGHUP (129): the partial video is finalised and playable, an earlier complete
 output is never destroyed by it (the partial then goes to NAME.partial.mp4), and one line says what was kept.
 
@@ -20,9 +21,9 @@ import os
 import sys
 from pathlib import Path
 
-from lrformer_deploy.contract import BACKENDS
+from lrformer_deploy.contract import BACKENDS, DEFAULT_RECONNECT_S, MAX_PIXELS_FILES
 from lrformer_deploy import atomic
-from lrformer_deploy.cli.common import OneLineParser, opacity, parse_size, quiet_decoders, writable_folder
+from lrformer_deploy.cli.common import OneLineParser, opacity, parse_pixels, parse_size, quiet_decoders, writable_folder
 from lrformer_deploy.errors import UserError, cli_entry, has_package, missing_package
 
 
@@ -52,6 +53,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--show", action="store_true", help="show the overlay in a window (q/Esc stops)")
     p.add_argument("--json", metavar="PATH", help="write a JSON summary (timings, latency, FPS) to PATH, '-' for stdout")
     p.add_argument("--max-frames", type=int, default=None, metavar="N", help="stop after N frames/images")
+    p.add_argument("--max-pixels", type=parse_pixels, default=MAX_PIXELS_FILES, metavar="N",
+                   help=f"skip images whose header declares more pixels than this, without decoding them "
+                        f"(N or WxH; default {MAX_PIXELS_FILES}; 0 = no limit)")
+    p.add_argument("--reconnect", type=float, default=None, metavar="SECONDS",
+                   help=f"live streams (rtsp/http without a length): when the stream stops or stalls, reopen it "
+                        f"with backoff for up to SECONDS and keep writing the same output (default "
+                        f"{DEFAULT_RECONNECT_S:g}; 0 = end at the first outage; files are never reconnected)")
+    p.add_argument("--every-frame", action="store_true",
+                   help="webcams and streams: segment every frame, however far behind that falls (default: the "
+                        "newest frame, stale ones dropped and counted, so results stay about one inference old)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress line")
     return p
 
@@ -121,6 +132,8 @@ def _check_options(args: argparse.Namespace) -> None:
 
     if args.max_frames is not None and args.max_frames <= 0:
         raise UserError("--max-frames must be a positive number")
+    if args.reconnect is not None and not 0 <= args.reconnect < float("inf"):
+        raise UserError("--reconnect must be a number of seconds, 0 or more")
     kind = resolve_model(args.model).kind if args.model else "onnx"  # the demo model is an ONNX graph
     if kind == "checkpoint":
         _need("torch", f"a .pth model ({Path(args.model).name})")
@@ -195,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     from lrformer_deploy.runtime.segmenter import Segmenter
     from lrformer_deploy.runtime.sources import open_source
 
-    source = open_source(args.input, max_frames=args.max_frames)
+    source = open_source(args.input, max_frames=args.max_frames, max_pixels=args.max_pixels,
+                         reconnect=args.reconnect)
     try:
         outputs = plan_outputs(source, args)
         if not outputs.needs_overlay and outputs.mask_dir is None and not args.show and not args.json:
@@ -217,7 +231,8 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args, source, outputs, segmenter) -> int:
     from lrformer_deploy.runtime.pipeline import PipelineOptions, run_pipeline
 
-    options = PipelineOptions(opacity=args.opacity, legend=args.legend, show=args.show, progress=not args.quiet)
+    options = PipelineOptions(opacity=args.opacity, legend=args.legend, show=args.show, progress=not args.quiet,
+                              drop_stale=False if args.every_frame else None)
     summary_base = {
         "input": str(args.input),
         "source": source.kind,
@@ -250,11 +265,21 @@ def _run(args, source, outputs, segmenter) -> int:
     if not args.quiet:
         where = summary["outputs"]["overlay"] or summary["outputs"]["masks"]
         print(f"{result.frames} frames in {result.wall_s:.1f}s ({result.fps:.1f} fps) on {segmenter.backend_name}"
+              + (f", {result.dropped} stale frames dropped (live source)" if result.dropped else "")
+              + (f", {result.gaps} stream outages bridged" if result.gaps else "")
               + (f" -> {where}" if where else ""), file=sys.stderr)
     if result.failed:
         for name, err in result.failed:
             print(f"error: cannot read image {name}: {err}", file=sys.stderr)
         print(f"error: {len(result.failed)} of {len(result.failed) + result.frames} inputs failed", file=sys.stderr)
+        return 1
+    if result.stream_lost:
+        print(f"note: the stream stopped and did not come back within {source.reconnect:g} s (--reconnect); "
+              f"kept the {result.frames} frames segmented so far", file=sys.stderr)
+    if result.ended_early:
+        read, expected = result.ended_early
+        print(f"error: read {read} of {expected} frames of {args.input}: the video ends before its stated length "
+              f"(truncated or damaged); the {read} frames read were segmented and kept", file=sys.stderr)
         return 1
     if result.frames == 0:
         raise UserError(f"no frames could be read from {args.input}")

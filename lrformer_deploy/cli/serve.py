@@ -7,7 +7,8 @@ import sys
 import time
 
 from lrformer_deploy.errors import UserError, cli_entry
-from lrformer_deploy.cli.common import OneLineParser
+from lrformer_deploy.cli.common import OneLineParser, parse_pixels
+from lrformer_deploy.contract import MAX_PIXELS_SERVE
 
 
 def build_parser() -> OneLineParser:
@@ -25,6 +26,9 @@ def build_parser() -> OneLineParser:
     p.add_argument("--backend", choices=("auto", "onnxruntime", "tensorrt"), default="auto")
     p.add_argument("--device", help="auto, cpu, cuda[:N] or tensorrt (ONNX Runtime provider), as lrformer-infer")
     p.add_argument("--resize", choices=("stretch", "keep-ratio"), default="stretch")
+    p.add_argument("--max-pixels", type=parse_pixels, default=MAX_PIXELS_SERVE, metavar="N",
+                   help=f"refuse frames with more pixels than this, from the tensor's shape or the image header, "
+                        f"before decoding (N or WxH; default {MAX_PIXELS_SERVE} = 4096x4096; 0 = no limit)")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
     return p
 
@@ -66,7 +70,8 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     server = Server(args.model, name=args.name, host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
                     metrics_port=args.metrics_port, max_batch=args.max_batch, instances=args.instances,
-                    backend=args.backend, device=args.device, resize=args.resize, threads=args.threads)
+                    backend=args.backend, device=args.device, resize=args.resize, threads=args.threads,
+                    max_pixels=args.max_pixels)
     try:
         server.start()
         if not args.quiet:

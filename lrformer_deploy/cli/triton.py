@@ -5,7 +5,8 @@ import sys
 from pathlib import Path
 
 from lrformer_deploy.errors import UserError, cli_entry
-from lrformer_deploy.cli.common import OneLineParser
+from lrformer_deploy.cli.common import OneLineParser, parse_pixels
+from lrformer_deploy.contract import MAX_PIXELS_SERVE
 
 
 def build_parser() -> OneLineParser:
@@ -21,6 +22,9 @@ def build_parser() -> OneLineParser:
                    help="runtime backend of NAME_frames (default auto: the plan when TensorRT and a GPU are there)")
     p.add_argument("--resize", choices=("stretch", "keep-ratio"), default="stretch",
                    help="how NAME_frames fits frames to the graph's input (default stretch)")
+    p.add_argument("--max-pixels", type=parse_pixels, default=MAX_PIXELS_SERVE, metavar="N",
+                   help=f"NAME_frames refuses frames with more pixels than this, before decoding "
+                        f"(N or WxH; default {MAX_PIXELS_SERVE} = 4096x4096; 0 = no limit)")
     return p
 
 
@@ -42,7 +46,7 @@ def main(argv=None) -> int:
     check_repository_dir(Path(args.repository))
     repo = write_repository(manifest, Path(args.repository), args.name, frames_max_batch=args.frames_max_batch,
                             instances=args.instances, threads=args.threads, backend=args.backend,
-                            resize=args.resize)
+                            resize=args.resize, max_pixels=args.max_pixels)
     print(f"triton: {repo.models_line()}")
     return 0
 

@@ -30,7 +30,7 @@ gi.require_version("GstBase", "1.0")
 gi.require_version("GstVideo", "1.0")
 from gi.repository import GLib, GObject, Gst, GstBase, GstVideo  # noqa: E402
 
-from lrformer_deploy.contract import BACKENDS  # noqa: E402
+from lrformer_deploy.contract import BACKENDS, TRUNCATION_SLACK  # noqa: E402
 
 MODES = ("overlay", "mask", "both")
 RESIZES = ("stretch", "keep-ratio")
@@ -95,6 +95,8 @@ class LrformerSeg(GstBase.BaseTransform):
         self._in_info = None
         self._out_info = None
         self._frames = 0
+        self._last_end = None     # pts + duration of the last frame segmented (a truncated input's end)
+        self._seeked = False      # after a flush the frames seen no longer cover the stream from its start
         self._mask_pad = None
         self.set_qos_enabled(False)  # never drop frames: every input frame gets its mask
 
@@ -180,6 +182,7 @@ class LrformerSeg(GstBase.BaseTransform):
         }
         self._seg = seg
         self._frames = 0
+        self._last_end, self._seeked = None, False
         Gst.info(f"lrformerseg: {seg.model_path} on {seg.backend_name}, input {seg.input_size}")
 
     def _close(self) -> None:
@@ -209,6 +212,13 @@ class LrformerSeg(GstBase.BaseTransform):
             pass
 
     def do_sink_event(self, event):
+        if event.type == Gst.EventType.FLUSH_STOP:
+            self._seeked = True
+        elif event.type == Gst.EventType.EOS:
+            try:
+                self._check_ended_early()
+            except Exception:  # noqa: BLE001 - a check, never a reason to lose the EOS
+                Gst.error("lrformerseg: length check failed:\n" + traceback.format_exc())
         pad = self._mask_pad
         if pad is not None and self._mode() == "both":
             try:
@@ -216,6 +226,27 @@ class LrformerSeg(GstBase.BaseTransform):
             except Exception:  # noqa: BLE001 - the main stream must go on; the log has the details
                 Gst.error("lrformerseg: mask pad event failed:\n" + traceback.format_exc())
         return GstBase.BaseTransform.do_sink_event(self, event)
+
+    def _check_ended_early(self) -> None:
+        """At EOS: when upstream states a duration and the frames stopped more than a frame short of it (a
+        truncated or damaged file: demuxers end such files with a plain EOS), post one warning on the bus.
+        (A demuxer that re-scans a file without its index, as avidemux does, states only what is there.)
+        The pipeline still ends normally with every frame that arrived segmented."""
+        info = self._in_info
+        if self._seeked or self._last_end is None or info is None or not info.fps_n or not info.fps_d:
+            return
+        ok, duration = self.get_static_pad("sink").peer_query_duration(Gst.Format.TIME)
+        if not ok or duration <= 0 or duration == Gst.CLOCK_TIME_NONE:
+            return
+        frame_ns = Gst.SECOND * info.fps_d / info.fps_n
+        if duration - self._last_end <= (TRUNCATION_SLACK + 0.5) * frame_ns:
+            return
+        expected = int(duration / frame_ns + 1e-6)  # the last frame's duration may be rounded up
+        text = (f"lrformerseg: read {self._frames} of {expected} frames: the input ended at "
+                f"{self._last_end / Gst.SECOND:.2f} s of its stated {duration / Gst.SECOND:.2f} s (truncated or "
+                f"damaged); every frame that arrived was segmented")
+        err = GLib.Error.new_literal(Gst.StreamError.quark(), text, int(Gst.StreamError.DECODE))
+        self.post_message(Gst.Message.new_warning(self, err, f"frames={self._frames} expected={expected}"))
 
     def _mirror_event(self, pad, event) -> None:
         """The mask stream follows the video stream: its own stream id, GRAY8 caps, the same segment/EOS/flushes."""
@@ -339,6 +370,11 @@ class LrformerSeg(GstBase.BaseTransform):
             inbuf.unmap(src)
         self._post_frame(inbuf, mask, (t2 - t1) * 1000.0, (time.perf_counter() - t0) * 1000.0)
         self._frames += 1
+        if inbuf.pts != Gst.CLOCK_TIME_NONE:
+            duration = inbuf.duration
+            if duration == Gst.CLOCK_TIME_NONE and self._in_info.fps_n and self._in_info.fps_d:
+                duration = Gst.SECOND * self._in_info.fps_d // self._in_info.fps_n
+            self._last_end = inbuf.pts + (duration if duration != Gst.CLOCK_TIME_NONE else 0)
         if self._mode() == "both" and self._mask_pad is not None:
             return self._push_mask(inbuf, mask)
         return Gst.FlowReturn.OK

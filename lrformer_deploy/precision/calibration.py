@@ -85,15 +85,13 @@ def _iter_video_frames(path: Path, count: int, holdout_of: int | None = None) ->
         raise UserError(f"cannot open video {path} with OpenCV.")
     try:
         total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
-        if total <= 0:  # some containers do not report a count: decode everything once
-            frames_all = []
-            while True:
-                ok, frame = cap.read()
-                if not ok:
-                    break
-                frames_all.append(frame)
-            yield from (frames_all[i] for i in _pick(len(frames_all), count, holdout_of))
-            return
+        if total <= 0:
+            # Some containers (raw streams, some MKV/WebM) state no count: count once with grab() (no frame
+            # kept), then pick from a second pass exactly as when the count is known. Memory stays one frame
+            # whatever the length, where holding every frame to pick from later could take gigabytes.
+            total = _count_frames(cap)
+            cap.release()
+            cap = cv2.VideoCapture(str(path))
         wanted = set(_pick(total, count, holdout_of))
         if not wanted:
             return
@@ -107,6 +105,13 @@ def _iter_video_frames(path: Path, count: int, holdout_of: int | None = None) ->
                     yield frame
     finally:
         cap.release()
+
+
+def _count_frames(cap) -> int:
+    n = 0
+    while cap.grab():
+        n += 1
+    return n
 
 
 def read_calibration_images(path: str | os.PathLike, count: int, holdout_of: int | None = None) -> list[np.ndarray]:
@@ -145,7 +150,7 @@ def count_calibration_frames(path: str | os.PathLike, count: int, holdout_of: in
         total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if cap.isOpened() else 0
     finally:
         cap.release()
-    return len(_pick(total, count, holdout_of)) if total > 0 else count
+    return len(_pick(total, count, holdout_of)) if total > 0 else count  # no count stated: at most `count`
 
 
 def iter_calibration_frames(

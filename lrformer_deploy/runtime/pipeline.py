@@ -44,6 +44,10 @@ class PipelineOptions:
     progress: bool = True
     queue_size: int = 4  # batches in flight between two stages
     progress_stream: TextIO | None = None  # default: sys.stderr
+    # Live sources (webcam, a stream without a length): segment the newest frame and drop the stale ones,
+    # so a result is about one inference old instead of a queue's worth. None = decide from the source
+    # (Source.is_live); False keeps every frame, as for files.
+    drop_stale: bool | None = None
 
 
 class Stats:
@@ -80,6 +84,10 @@ class PipelineResult:
     interrupted: bool = False
     wall_s: float = 0.0
     stats: Stats = field(default_factory=Stats)
+    ended_early: tuple[int, int] | None = None  # (read, stated): the video ended before its stated length
+    dropped: int = 0  # live sources: stale frames replaced by a newer one before they were segmented
+    gaps: int = 0  # live streams: outages bridged by reconnecting
+    stream_lost: bool = False  # live streams: stopped and did not come back within the reconnect time
 
     @property
     def fps(self) -> float:
@@ -92,6 +100,11 @@ class PipelineResult:
             "frames": self.frames,
             "failed": [{"input": name, "error": err} for name, err in self.failed],
             "interrupted": self.interrupted,
+            "dropped": self.dropped,
+            "gaps": self.gaps,
+            "stream_lost": self.stream_lost,
+            "ended_early": ({"read": self.ended_early[0], "expected": self.ended_early[1]}
+                            if self.ended_early else None),
             "wall_s": round(self.wall_s, 4),
             "fps": round(self.fps, 3),
             "stage_ms_per_frame": {k: round(v * 1000.0 / n, 3) for k, v in self.stats.totals.items()},
@@ -142,6 +155,41 @@ class Progress:
             self._bar = None
 
 
+class LatestFrame:
+    """A one-frame slot between a live source and the pipeline: a new frame replaces one still waiting
+    (counted in `dropped`), so at most one frame ever waits and what is taken is the newest."""
+
+    def __init__(self) -> None:
+        self._frame: Frame | None = None
+        self._ended = False
+        self._cond = threading.Condition()
+        self.dropped = 0
+
+    def put(self, frame: Frame) -> None:
+        with self._cond:
+            if self._frame is not None:
+                self.dropped += 1
+            self._frame = frame
+            self._cond.notify()
+
+    def end(self) -> None:
+        with self._cond:
+            self._ended = True
+            self._cond.notify()
+
+    def take(self, stop: threading.Event) -> Frame | None:
+        """The newest frame (waiting for one), or None once the source ended (and nothing waits) or on stop."""
+        with self._cond:
+            while self._frame is None and not self._ended and not stop.is_set():
+                self._cond.wait(timeout=0.1)
+            frame, self._frame = self._frame, None
+            return frame
+
+    @property
+    def waiting(self) -> int:
+        return 0 if self._frame is None else 1
+
+
 def _put(q: queue.Queue, item: Any, stop: threading.Event) -> bool:
     while not stop.is_set():
         try:
@@ -184,12 +232,58 @@ def run_pipeline(segmenter: Any, source: Source, outputs: Outputs, options: Pipe
     lut = palette_lut(segmenter.palette)
     draw = outputs.needs_overlay or options.show
     is_video = source.is_video
+    live = source.is_live if options.drop_stale is None else options.drop_stale
+    slot = LatestFrame() if live else None
+    if live:
+        # One batch waiting between stages at most; the reader takes a frame only once inference is free
+        # (infer marks a batch done after running it), so a frame waits for no inference but its own.
+        to_infer = queue.Queue(maxsize=1)
+        to_write = queue.Queue(maxsize=1)
 
     def fail(exc: BaseException) -> None:
         errors.append(exc)
         stop.set()
 
+    def grabber() -> None:
+        """Live sources: read the device continuously (it buffers, and stalls, if nobody reads), keeping only
+        the newest frame in `slot`."""
+        try:
+            it = source.frames()
+            while not stop.is_set():
+                t0 = time.perf_counter()
+                frame = next(it, None)
+                if frame is None:
+                    break
+                stats.add("decode", time.perf_counter() - t0)
+                if frame.captured is None:
+                    frame.captured = time.perf_counter()
+                slot.put(frame)
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+            fail(exc)
+        finally:
+            slot.end()
+
+    def live_reader() -> None:
+        try:
+            while not stop.is_set():
+                frame = slot.take(stop)
+                if frame is None:
+                    break
+                batch = _Batch([frame], [frame.captured]) if frame.image is None else _prepare([frame], [frame.captured])
+                if not _put(to_infer, batch, stop):
+                    return
+                # Wait until inference has run this batch before taking the next frame: a frame taken now
+                # would only wait in the queue and be stale by the time it runs.
+                while to_infer.unfinished_tasks and not stop.is_set():
+                    time.sleep(0.001)
+        except BaseException as exc:  # noqa: BLE001
+            fail(exc)
+        finally:
+            _put(to_infer, _END, stop)
+
     def reader() -> None:
+        if live:
+            return live_reader()
         try:
             pending: list[Frame] = []
             starts: list[float] = []
@@ -230,11 +324,14 @@ def run_pipeline(segmenter: Any, source: Source, outputs: Outputs, options: Pipe
                 batch = _get(to_infer, stop)
                 if batch is _END:
                     break
-                if batch.tensor is not None:
-                    t0 = time.perf_counter()
-                    batch.output = segmenter.infer(batch.tensor)
-                    stats.add("infer", time.perf_counter() - t0)
-                    batch.tensor = None  # free the input early
+                try:
+                    if batch.tensor is not None:
+                        t0 = time.perf_counter()
+                        batch.output = segmenter.infer(batch.tensor)
+                        stats.add("infer", time.perf_counter() - t0)
+                        batch.tensor = None  # free the input early
+                finally:
+                    to_infer.task_done()  # the live reader waits for this before taking the next frame
                 if not _put(to_write, batch, stop):
                     return
         except BaseException as exc:  # noqa: BLE001
@@ -281,7 +378,7 @@ def run_pipeline(segmenter: Any, source: Source, outputs: Outputs, options: Pipe
     outputs.open()
     progress = Progress(source.frame_count, stream, options.progress)
     threads = [threading.Thread(target=fn, name=f"lrformer-{fn.__name__}", daemon=True)
-               for fn in (reader, infer, writer)]
+               for fn in ((grabber,) if live else ()) + (reader, infer, writer)]
     start = time.perf_counter()
     for t in threads:
         t.start()
@@ -306,11 +403,15 @@ def run_pipeline(segmenter: Any, source: Source, outputs: Outputs, options: Pipe
         raise
     finally:
         stop.set()
+        getattr(source, "interrupt", lambda: None)()  # a reconnect in progress stops waiting
         writer_done.wait()
         for t in threads:
             # Workers see `stop` within ~0.1 s; an inference call in flight finishes first.
             t.join(timeout=30.0)
         source.close()
+        result.ended_early = source.ended_early
+        result.dropped = slot.dropped if slot is not None else 0
+        result.gaps, result.stream_lost = getattr(source, "gaps", 0), getattr(source, "lost", False)
         # A second signal must not strand the finished video under its temporary name.
         with _signals_deferred():
             outputs.finish(outcome)

@@ -19,6 +19,8 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from lrformer_deploy.runtime.sources import describe_pixels, header_size
+
 FRAME_INPUT = "frame"
 ENCODED_INPUT = "encoded"
 MASK_OUTPUT = "mask"
@@ -28,8 +30,13 @@ class BadRequest(ValueError):
     """The request itself is wrong (what the client sent); other requests of the batch still run."""
 
 
-def decode_request(frame: np.ndarray | None, encoded: np.ndarray | None) -> list[np.ndarray]:
-    """The BGR frames of one request: its `frame` batch, or its `encoded` images decoded."""
+def decode_request(frame: np.ndarray | None, encoded: np.ndarray | None,
+                   max_pixels: int | None = None) -> list[np.ndarray]:
+    """The BGR frames of one request: its `frame` batch, or its `encoded` images decoded.
+
+    With `max_pixels`, a frame larger than that is refused from the tensor's shape, and an encoded image
+    from its header, before anything is decoded: a 1 MB PNG can declare 20000x20000 pixels (1.2 GB decoded,
+    plus its mask), so one request could otherwise take the server's memory."""
     if (frame is None) == (encoded is None):
         raise BadRequest(f"send exactly one of the inputs '{FRAME_INPUT}' (uint8 BGR frames) or "
                          f"'{ENCODED_INPUT}' (JPEG/PNG bytes)")
@@ -37,10 +44,22 @@ def decode_request(frame: np.ndarray | None, encoded: np.ndarray | None) -> list
         if frame.dtype != np.uint8 or frame.ndim != 4 or frame.shape[-1] != 3 or 0 in frame.shape:
             raise BadRequest(f"'{FRAME_INPUT}' must be uint8 [batch, height, width, 3] BGR, got "
                              f"{frame.dtype} {list(frame.shape)}")
+        if max_pixels and frame.shape[1] * frame.shape[2] > max_pixels:
+            raise BadRequest(f"'{FRAME_INPUT}' frames of {frame.shape[2]}x{frame.shape[1]} pixels are over the "
+                             f"server's limit of {max_pixels} pixels per frame (lrformer-serve --max-pixels)")
         return list(frame)
     frames = []
     for i, blob in enumerate(np.asarray(encoded, dtype=object).reshape(-1)):
-        data = np.frombuffer(bytes(blob), dtype=np.uint8)
+        raw = bytes(blob)
+        if max_pixels and raw:
+            size = header_size(raw)
+            if size is None:
+                raise BadRequest(f"'{ENCODED_INPUT}' item {i}: no image size in its header (send PNG, JPEG, BMP, "
+                                 "TIFF or WebP), so it is not decoded under the server's pixel limit")
+            if size[0] * size[1] > max_pixels:
+                raise BadRequest(f"'{ENCODED_INPUT}' item {i} declares {describe_pixels(*size)}, over the server's limit of "
+                                 f"{max_pixels} pixels per image (lrformer-serve --max-pixels); not decoded")
+        data = np.frombuffer(raw, dtype=np.uint8)
         image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
         if image is None:
             raise BadRequest(f"'{ENCODED_INPUT}' item {i} is not an image OpenCV can decode (JPEG/PNG)")
@@ -54,14 +73,14 @@ def stack_masks(masks: Sequence[np.ndarray]) -> np.ndarray:
     return np.stack(masks)
 
 
-def segment_requests(segmenter, requests: Sequence[tuple[np.ndarray | None, np.ndarray | None]]
-                     ) -> list[np.ndarray | BadRequest]:
+def segment_requests(segmenter, requests: Sequence[tuple[np.ndarray | None, np.ndarray | None]],
+                     max_pixels: int | None = None) -> list[np.ndarray | BadRequest]:
     """Masks ([batch, h, w]) for each (frame, encoded) request, or the BadRequest that request earned."""
     results: list[np.ndarray | BadRequest | None] = [None] * len(requests)
     decoded: list[tuple[int, list[np.ndarray]]] = []
     for i, (frame, encoded) in enumerate(requests):
         try:
-            decoded.append((i, decode_request(frame, encoded)))
+            decoded.append((i, decode_request(frame, encoded, max_pixels)))
         except BadRequest as exc:
             results[i] = exc
     masks = segmenter.segment_batch([f for _, frames in decoded for f in frames])

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lrformer_deploy import atomic
+from lrformer_deploy.contract import MAX_PIXELS_SERVE
 from lrformer_deploy.errors import UserError
 from lrformer_deploy.manifest import load_manifest
 from lrformer_deploy.runtime.postprocess import mask_dtype
@@ -122,7 +123,7 @@ def model_config(name: str, platform: str, filename: str, inputs: list[TensorInf
 
 
 def frames_config(name: str, spec, max_batch: int, instances: int, backend: str, resize: str,
-                  threads: int) -> dict:
+                  threads: int, max_pixels: int = MAX_PIXELS_SERVE) -> dict:
     mask_type = "TYPE_UINT8" if mask_dtype(spec.num_classes) == "uint8" else "TYPE_UINT16"
     return {
         "name": name,
@@ -141,6 +142,7 @@ def frames_config(name: str, spec, max_batch: int, instances: int, backend: str,
             "backend": {"string_value": backend},
             "resize": {"string_value": resize},
             "intra_op_threads": {"string_value": str(threads)},
+            "max_pixels": {"string_value": str(max_pixels)},
             "class_names": {"string_value": json.dumps(list(spec.class_names))},
             "palette": {"string_value": json.dumps([list(c) for c in spec.palette[:spec.num_classes]])},
         }),
@@ -185,7 +187,7 @@ def _engine_io(record: dict, graph_inputs: list[TensorInfo], graph_outputs: list
 
 def write_repository(manifest_path: Path, out_dir: Path, name: str | None = None, *, frames_max_batch: int = 8,
                      instances: int = 1, threads: int = 0, backend: str = "auto",
-                     resize: str = "stretch") -> Repository:
+                     resize: str = "stretch", max_pixels: int = MAX_PIXELS_SERVE) -> Repository:
     """Write (or refresh) the models of one exported artifact into the repository `out_dir`."""
     manifest_path = Path(manifest_path)
     manifest = load_manifest(manifest_path)
@@ -230,7 +232,8 @@ def write_repository(manifest_path: Path, out_dir: Path, name: str | None = None
     atomic.write_text(frames_dir / "1" / FRAMES_MANIFEST, json.dumps(frames_manifest, indent=2) + "\n")
     atomic.write_text(frames_dir / "1" / "model.py", (Path(__file__).with_name("frames_model.py")).read_text())
     atomic.write_text(frames_dir / "config.pbtxt",
-                      render(frames_config(frames, spec, frames_max_batch, 1, backend, resize, threads)))
+                      render(frames_config(frames, spec, frames_max_batch, 1, backend, resize, threads,
+                                           max_pixels)))
     atomic.write_text(out_dir / "README.md", repository_readme(name, spec, plan))
     return Repository(out_dir, [name, frames], plan)
 

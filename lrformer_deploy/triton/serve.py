@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from lrformer_deploy.contract import MAX_PIXELS_SERVE
 from lrformer_deploy.errors import UserError
 from lrformer_deploy.triton.frames import ENCODED_INPUT, FRAME_INPUT, MASK_OUTPUT, BadRequest, segment_requests
 
@@ -178,13 +179,13 @@ def useful_log(text: str, lines: int = 20) -> str:
     return "\n".join(kept[-lines:])
 
 
-def make_infer(segmenter):
+def make_infer(segmenter, max_pixels: int | None = MAX_PIXELS_SERVE):
     """The inference callable PyTriton binds: a list of requests in, one output dict per request out."""
     from pytriton.exceptions import PyTritonBadParameterError  # noqa: PLC0415
 
     def infer(requests):
         results = segment_requests(segmenter, [(r.data.get(FRAME_INPUT), r.data.get(ENCODED_INPUT))
-                                               for r in requests])
+                                               for r in requests], max_pixels)
         bad = next((r for r in results if isinstance(r, BadRequest)), None)
         if bad is not None:  # PyTriton answers a call as a whole: the batch with a bad request fails
             raise PyTritonBadParameterError(str(bad))
@@ -199,7 +200,8 @@ class Server:
     def __init__(self, model: str | Path | None, *, name: str | None = None, host: str = "127.0.0.1",
                  http_port: int = 8000, grpc_port: int = 8001, metrics_port: int | None = None,
                  max_batch: int = 8, instances: int = 1, backend: str = "auto", device: str | None = None,
-                 resize: str = "stretch", threads: int | None = None, queue_delay_us: int = 500) -> None:
+                 resize: str = "stretch", threads: int | None = None, queue_delay_us: int = 500,
+                 max_pixels: int | None = MAX_PIXELS_SERVE) -> None:
         require_pytriton()
         self.model, self.host = model, host
         self.http_port, self.grpc_port, self.metrics_port = http_port, grpc_port, metrics_port
@@ -207,6 +209,7 @@ class Server:
         self.backend, self.device, self.resize = backend, device, resize
         self.threads = threads if threads is not None else max(1, (os.cpu_count() or 1) // instances)
         self.queue_delay_us = queue_delay_us
+        self.max_pixels = max_pixels
         self.name = name
         self.segmenters: list[Any] = []
         self._triton = None
@@ -275,7 +278,7 @@ class Server:
             self._triton = Triton(config=config, security_config=security, workspace=self.workspace)
             self._triton.bind(
                 model_name=self.name,
-                infer_func=[make_infer(s) for s in self.segmenters],
+                infer_func=[make_infer(s, self.max_pixels) for s in self.segmenters],
                 inputs=[Tensor(name=FRAME_INPUT, dtype=np.uint8, shape=(-1, -1, 3), optional=True),
                         Tensor(name=ENCODED_INPUT, dtype=np.bytes_, shape=(1,), optional=True)],
                 outputs=[Tensor(name=MASK_OUTPUT, dtype=mask_dtype(seg.spec.num_classes).type, shape=(-1, -1))],
