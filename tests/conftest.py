@@ -133,3 +133,48 @@ def read_video(path) -> tuple[list, float]:
         frames.append(frame)
     cap.release()
     return frames, fps
+
+
+# --------------------------------------------------------------------------- markers that really skip
+_PRESENT: dict[str, str | None] = {}
+
+
+def _gpu_missing() -> str | None:
+    """None when an NVIDIA GPU answers nvidia-smi, else why not (asked once per session)."""
+    if "gpu" not in _PRESENT:
+        import shutil
+        import subprocess
+
+        smi = shutil.which("nvidia-smi")
+        reason = "no NVIDIA GPU (nvidia-smi is not installed)"
+        if smi is not None:
+            try:
+                out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=20, check=False)
+                reason = None if out.returncode == 0 and "GPU" in out.stdout else "nvidia-smi lists no GPU"
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                reason = f"nvidia-smi failed: {exc}"
+        _PRESENT["gpu"] = reason
+    return _PRESENT["gpu"]
+
+
+def _tensorrt_missing() -> str | None:
+    if "tensorrt" not in _PRESENT:
+        try:
+            import tensorrt  # noqa: F401
+            _PRESENT["tensorrt"] = None
+        except Exception as exc:  # ImportError, or OSError from a wheel without its CUDA libraries
+            _PRESENT["tensorrt"] = f"TensorRT is not importable ({exc.__class__.__name__}: {exc})"
+    return _PRESENT["tensorrt"]
+
+
+def pytest_runtest_setup(item):
+    """`gpu`-marked tests skip without an NVIDIA GPU, `tensorrt`-marked ones without importable TensorRT
+    (declared markers alone skip nothing: on a machine with TensorRT and no GPU they would error)."""
+    if item.get_closest_marker("tensorrt") is not None:
+        reason = _tensorrt_missing()
+        if reason:
+            pytest.skip(reason)
+    if item.get_closest_marker("gpu") is not None:
+        reason = _gpu_missing()
+        if reason:
+            pytest.skip(reason)

@@ -69,12 +69,65 @@ def test_gpu_input_stream_rules(runner_factory):
     assert "stream_wait" not in log.names()
 
 
-def test_misaligned_gpu_input_is_refused_before_binding(runner_factory):
+def test_misaligned_gpu_input_is_copied_into_the_aligned_buffer(runner_factory):
+    # Defect 7: an offset view (not 256-byte aligned) used to be refused; it is copied on the GPU instead,
+    # on the engine stream, after the producer and before the execution.
     make, log = runner_factory
     runner = make().activate()
-    with pytest.raises(UserError, match="256-byte aligned"):
-        runner.infer({"image": GpuArray(256 * 9999 + 4, (1, 3, 4, 4))})
-    assert "execute_async_v3" not in log.names()
+    own = runner.inputs["image"][2]
+    view = 256 * 9999 + 4
+    runner.infer({"image": GpuArray(view, (1, 3, 4, 4), stream=777)})
+    names = log.names()
+    copy = names.index("dtod")
+    assert log.calls[copy][1:] == (own, view, 1 * 3 * 4 * 4 * 4, runner._stream_handle)
+    assert names.index("stream_wait") < copy < names.index("execute_async_v3")
+    bound = [c for c in log.calls if c[0] == "set_tensor_address" and c[1] == "image"]
+    assert bound[-1][2] == own and own % 256 == 0
+
+
+def test_aligned_gpu_input_is_bound_without_a_copy(runner_factory):
+    make, log = runner_factory
+    runner = make().activate()
+    runner.infer({"image": GpuArray(256 * 9999, (1, 3, 4, 4), stream=None)})
+    assert "dtod" not in log.names()
+
+
+def test_torch_memory_restores_the_callers_device(monkeypatch):
+    # Defect 7: push() made the engine's device current for good; pop() now gives the caller's back.
+    import sys
+    import types
+
+    current = {"device": 0}
+    cuda = types.SimpleNamespace(is_available=lambda: True, current_device=lambda: current["device"],
+                                 set_device=lambda d: current.update(device=d.index if hasattr(d, "index") else d))
+    fake_torch = types.SimpleNamespace(cuda=cuda, device=lambda kind, i: types.SimpleNamespace(type=kind, index=i))
+    monkeypatch.setitem(sys.modules, "torch", fake_torch)
+    mem = cuda_backend.TorchMemory(1)
+    mem.push()
+    assert current["device"] == 1
+    mem.push()
+    mem.pop()
+    assert current["device"] == 1  # nested push/pop keeps the engine's device until the outer pop
+    mem.pop()
+    assert current["device"] == 0
+
+
+def test_version_compatible_engine_allows_host_code_before_deserializing(tmp_path, monkeypatch):
+    # Defect 6: TensorRT only runs a version-compatible plan's lean runtime when host code is allowed.
+    engine = tmp_path / "m.engine"
+    engine.write_bytes(b"PLAN")
+    for compatible in (True, False):
+        log = Recorder()
+        monkeypatch.setattr(trt_backend, "_import_tensorrt", lambda: make_trt(log))
+        monkeypatch.setattr(cuda_backend, "make_memory", lambda dev, prefer: FakeMemory(log))
+        record = {"tensorrt": "10.16.1.11", "compute_capability": "8.9", "version_compatible": compatible}
+        trt_backend.TensorRTRunner(engine, record).activate()
+        names = log.names()
+        if compatible:
+            assert ("runtime.engine_host_code_allowed", True) in log.calls
+            assert names.index("runtime.engine_host_code_allowed") < names.index("deserialize_cuda_engine")
+        else:
+            assert "runtime.engine_host_code_allowed" not in names
 
 
 def test_refused_tensor_address_is_an_error_not_stale_input(runner_factory):

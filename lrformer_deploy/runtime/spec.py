@@ -194,6 +194,12 @@ def resolve_model(model: str | Path) -> ResolvedModel:
         spec = None
         if manifest_path is not None:
             spec = spec_from_manifest(load_manifest(manifest_path), manifest_path)
+            if kind == "engine" and spec.engine_record is None:
+                # An engine beside a manifest that records none is left over from an earlier export (a
+                # re-export without the engine step): its classes and graph may no longer match.
+                raise UserError(f"{path.name} is not recorded in its manifest {manifest_path.name} (it is left over "
+                                "from an earlier export): build the engine again (lrformer-export ... --engine) "
+                                "or run the .onnx")
             # The file the user named wins over the manifest's record (e.g. a renamed copy).
             spec = replace(spec, onnx_path=path) if kind == "onnx" else replace(spec, engine_path=path)
         return ResolvedModel(path=path, kind=kind, spec=spec)

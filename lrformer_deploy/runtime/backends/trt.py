@@ -10,8 +10,9 @@ TensorRT's own runtime API use) or, when pycuda is missing, torch.cuda. Inputs a
 `__cuda_array_interface__`, or CUDA DLPack capsules via torch/cupy) are bound directly, no copy; the
 engine's stream first waits for the stream that produced them (the interface's v3 `stream` field;
 torch's current stream for torch tensors, which export v2; the legacy default stream otherwise), as
-the CUDA Array Interface asks consumers to do. Their pointers must be 256-byte aligned (TensorRT's
-rule; `set_tensor_address` keeps the old address when refusing one, so a refusal is an error here).
+the CUDA Array Interface asks consumers to do. TensorRT binds only 256-byte aligned addresses
+(`set_tensor_address` keeps the old address when refusing one, so a refusal is an error here); an
+offset view that is not aligned is copied on the GPU into the runner's own buffer instead.
 A caller's CUDA stream may be passed as an int handle, a pycuda Stream or a torch.cuda.Stream. Every
 stream the runner creates is created once, in `activate()`, inside the device's context (a pycuda
 Stream needs a current context).
@@ -74,7 +75,10 @@ def check_engine_record(record: dict[str, Any] | None, trt_version: str, gpu_nam
     built_trt = record.get("tensorrt") or record.get("tensorrt_version")
     if built_trt:
         built, running = _version_tuple(built_trt), _version_tuple(trt_version)
-        same = built == running if not record.get("version_compatible") else built[0] == running[0]
+        # A version-compatible engine runs on the same or a LATER release of the same major version,
+        # never on an older one (TensorRT's forward-compatibility rule).
+        same = (built == running if not record.get("version_compatible")
+                else built[0] == running[0] and running >= built)
         if not same:
             raise UserError(f"engine was built with TensorRT {built_trt} but TensorRT {trt_version} is installed; "
                             "rebuild it on this machine (lrformer-export ... --engine) or install the matching TensorRT")
@@ -89,6 +93,10 @@ def check_engine_record(record: dict[str, Any] | None, trt_version: str, gpu_nam
         if built_gpu and gpu_name and str(built_gpu) != str(gpu_name):
             warnings.append(f"engine was built on {built_gpu}, running on {gpu_name}: it loads, but the kernels "
                             "were tuned for the other GPU; rebuild for best speed")
+    elif hw_compat == "same-cc":
+        if built_cc and compute_capability and built_cc != tuple(compute_capability):
+            raise UserError(f"engine was built for GPUs of compute capability {built_cc[0]}.{built_cc[1]} "
+                            f"(same-cc); this GPU is {gpu_name} ({compute_capability[0]}.{compute_capability[1]})")
     elif compute_capability and tuple(compute_capability) < (8, 0):
         raise UserError(f"engine was built hardware-compatible ({hw_compat}), which needs an Ampere or newer GPU; "
                         f"this GPU is {gpu_name}")
@@ -131,6 +139,10 @@ class TensorRTRunner(Runner):
         try:
             self._logger = trt.Logger(trt.Logger.ERROR)
             self._runtime = trt.Runtime(self._logger)
+            if (self.engine_record or {}).get("version_compatible"):
+                # A version-compatible plan carries its own lean runtime, which TensorRT only runs when
+                # host code in engines is allowed (set before deserializing).
+                self._runtime.engine_host_code_allowed = True
             engine = self._runtime.deserialize_cuda_engine(self.engine_path.read_bytes())
             if engine is None:
                 raise UserError(f"TensorRT {trt.__version__} could not load {self.engine_path.name} on {gpu_name}: "
@@ -217,7 +229,7 @@ class TensorRTRunner(Runner):
         handle, copy_stream, own_copies = self._stream_handle, self._copy_stream, self._own_copies
         self.mem.push()
         try:
-            producers = []
+            producers, device_copies = [], []
             for name, (shape, dtype, ptr) in self.inputs.items():
                 value = feed[name]
                 on_gpu = cuda.device_pointer(value, dtype, shape, self.dynamic)
@@ -225,7 +237,13 @@ class TensorRTRunner(Runner):
                     gpu_ptr, gpu_shape, producer = on_gpu
                     if self.dynamic:  # else the previous call's shape would stay in effect
                         self._set_shape(name, gpu_shape)
-                    self._bind(name, gpu_ptr)
+                    if gpu_ptr % ADDRESS_ALIGNMENT:
+                        # TensorRT binds only aligned addresses: an offset view is copied on the GPU into
+                        # our own (aligned) buffer, on the engine's stream after its producer.
+                        self._bind(name, ptr)
+                        device_copies.append((ptr, gpu_ptr, int(np.prod(gpu_shape)) * dtype.itemsize))
+                    else:
+                        self._bind(name, gpu_ptr)
                     if producer is not None and producer != handle:
                         producers.append(producer)
                     continue
@@ -240,6 +258,8 @@ class TensorRTRunner(Runner):
                 self.mem.htod(ptr, host, copy_stream)
             for producer in dict.fromkeys(producers):
                 self.mem.stream_wait(handle, producer)
+            for dst, src, nbytes in device_copies:
+                self.mem.dtod(dst, src, nbytes, handle)
             if own_copies:
                 self.mem.synchronize(copy_stream)
             if not self.context.execute_async_v3(handle):
