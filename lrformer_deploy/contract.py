@@ -18,6 +18,8 @@ PRECISIONS = ("fp32", *REDUCED_PRECISIONS)
 BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")  # what runs a graph; "auto" picks the fastest here
 CALIB_METHODS = ("entropy", "percentile", "minmax")
 ENGINE_MODES = ("auto", "require", "off")  # auto: build where TensorRT + a GPU are; require: fail otherwise
+# TensorRT engine portability: none (this GPU model), ampere+ (any Ampere or newer), same-cc (same compute capability)
+HARDWARE_COMPATIBILITY = ("none", "ampere+", "same-cc")
 # Layout of the mask head's Resize -> ArgMax tail: "nchw" for TensorRT (its IResizeLayer resizes the last
 # dims), "nhwc" for ONNX Runtime on CPUs, which reduces over contiguous classes several times faster.
 MASK_TAILS = ("nchw", "nhwc")

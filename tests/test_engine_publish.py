@@ -312,3 +312,25 @@ def test_real_engine_through_build_and_segmenter(tmp_path, shared_video, precisi
         ort_masks = seg.segment_batch(frames)
     agreement = np.mean([np.mean(a == b) for a, b in zip(trt_masks, ort_masks)])
     assert agreement >= record["verification"]["mask_agreement"] - 0.05
+
+
+def test_export_cli_portability_flags_reach_the_builder(monkeypatch, tmp_path):
+    from lrformer_deploy.cli import export as cli_export
+
+    seen = {}
+
+    def fake_build_engine(onnx_path, engine_path=None, **kw):
+        seen.clear()
+        seen.update(kw)
+        raise engine_build.EngineUnavailable("no GPU here")
+
+    monkeypatch.setattr(engine_build, "build_engine", fake_build_engine)
+    onnx = tmp_path / "m.onnx"
+    onnx.write_bytes(b"graph")
+    args = ["--variant", "demo", "--version-compatible", "--hardware-compatible", "same-cc", "--allow-plugins"]
+    req = cli_export.request_from_args(cli_export.build_parser().parse_args(args))
+    pipeline._engine(req, pipeline.Artifact("fp32", onnx, None, None), pipeline._Steps(0, True))
+    assert seen["version_compatible"] and seen["hardware_compatible"] == "same-cc" and seen["allow_plugins"]
+    req = cli_export.request_from_args(cli_export.build_parser().parse_args(["--variant", "demo"]))
+    pipeline._engine(req, pipeline.Artifact("fp32", onnx, None, None), pipeline._Steps(0, True))
+    assert not {"version_compatible", "hardware_compatible", "allow_plugins"} & set(seen)

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from lrformer_deploy import atomic
+from lrformer_deploy.contract import HARDWARE_COMPATIBILITY
 from lrformer_deploy.errors import UserError
 from lrformer_deploy.manifest import sha256_file
 
@@ -151,9 +152,6 @@ def timing_cache_name(engine_path: Path, trt_version: str, compute_capability: s
     cc = str(compute_capability).replace(".", "")
     gpu = f".{_slug(gpu_name)}" if gpu_name else ""
     return engine_path.with_name(f"{engine_path.stem}.trt{trt_version}{gpu}.sm{cc}.timing-cache")
-
-
-HARDWARE_COMPATIBILITY = ("none", "ampere+", "same-cc")
 
 
 def _hardware_level(trt, level: str):
