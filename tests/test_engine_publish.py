@@ -334,3 +334,22 @@ def test_export_cli_portability_flags_reach_the_builder(monkeypatch, tmp_path):
     req = cli_export.request_from_args(cli_export.build_parser().parse_args(["--variant", "demo"]))
     pipeline._engine(req, pipeline.Artifact("fp32", onnx, None, None), pipeline._Steps(0, True))
     assert not {"version_compatible", "hardware_compatible", "allow_plugins"} & set(seen)
+
+
+def test_verification_feeds_a_uint8_graph_uint8_frames(engine_step):
+    import onnx
+
+    from lrformer_deploy.build.uint8 import manifest_io, uint8_input
+
+    run, log, onnx_path = engine_step
+
+    def to_uint8(manifest):
+        proto = onnx.load(str(onnx_path))
+        uint8_input(proto, manifest["input"]["mean"], manifest["input"]["std"])
+        onnx.save(proto, str(onnx_path))
+        manifest_io(manifest, "uint8", "int32")
+
+    art = run(manifest_edit=to_uint8)
+    fed = [c[1] for c in log.calls if c[0] == "engine.infer"]
+    assert fed and all(shape == (1, 64, 64, 3) for shape in fed)
+    assert art.engine_record["verification"]["mask_agreement"] == 1.0

@@ -446,6 +446,10 @@ def verify_engine(req: BuildRequest, art: Artifact, fp32: Artifact, engine: Path
     inp = (fp32.manifest or art.manifest or {}).get("input", {})
     mean, std = inp.get("mean", IMAGENET_MEAN), inp.get("std", IMAGENET_STD)
     frames, data = held_back_frames(req.calib, req.calib_count, req.check_count, _graph_size(fp32), mean, std)
+    if inp.get("dtype") == "uint8":  # a uint8-input graph: the same frames as the client sends them
+        from lrformer_deploy.build.uint8 import frames_as_uint8
+
+        frames = frames_as_uint8(frames, mean, std)
     reference = OnnxRuntimeRunner(fp32.onnx, device="cpu").activate()
     try:
         runner = engine_runner(engine, record, int(req.engine_options.get("device_id", 0))).activate()

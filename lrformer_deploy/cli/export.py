@@ -33,6 +33,11 @@ def build_parser() -> OneLineParser:
                    help="static batch size (default 1), or dynamic:MAX for a batch dim 1..MAX (Triton batching)")
     g.add_argument("--opset", type=int, default=17, help="ONNX opset, >= 17 (default 17)")
     g.add_argument("--head", choices=HEADS, help="mask: class ids at input size (default); logits: stride-8 scores")
+    g.add_argument("--input", dest="input_dtype", choices=("float32", "uint8"), default="float32",
+                   help="uint8: the graph takes frames as uint8 N x H x W x 3 in the manifest's colour order and "
+                        "casts, normalises and transposes them itself (4x fewer bytes to the model)")
+    g.add_argument("--mask-dtype", choices=("int32", "uint8"), default="int32",
+                   help="uint8: the mask head returns uint8 class ids (at most 256 classes)")
     g.add_argument("--output-dir", default="engines", help="where artifacts go (default engines/)")
     g.add_argument("--name", help="artifact stem (default lrformer-<variant>-<dataset>-<H>x<W>)")
     q = p.add_argument_group("precision (decided in the graph, checked with ONNX Runtime on the CPU)")
@@ -104,6 +109,10 @@ def request_from_args(args):
                        ("allow_plugins", args.allow_plugins)):
         if value:
             engine_options[key] = value
+    if args.input_dtype != "float32":
+        export_options["input_dtype"] = args.input_dtype
+    if args.mask_dtype != "int32":
+        export_options["mask_dtype"] = args.mask_dtype
     if max_batch is not None:
         if max_batch < 2:
             raise UserError(f"--batch dynamic:MAX needs MAX >= 2, got {max_batch}")

@@ -93,7 +93,7 @@ class Segmenter:
         self.runner: Runner = runner
         self.spec: ModelSpec = self._check_io(spec, runner, resolved.path)
         self.preprocessor = Preprocessor(self.spec.input_size, self.spec.mean, self.spec.std,
-                                         self.spec.color_order, resize)
+                                         self.spec.color_order, resize, self.spec.input_dtype)
         self.postprocessor = Postprocessor(self.spec.output_kind, self.spec.num_classes)
         self.resize = resize
         self._lock = nullcontext() if runner.thread_safe else threading.Lock()
@@ -140,7 +140,8 @@ class Segmenter:
         return masks
 
     def infer(self, tensor: Any) -> np.ndarray:
-        """Raw model output for a preprocessed N x 3 x H x W batch (N = the model's batch size)."""
+        """Raw model output for a preprocessed N x 3 x H x W batch (N = the model's batch size; N x H x W x 3
+        uint8 frames for a uint8-input model: spec.input_dtype)."""
         with self._lock:
             out = self.runner.infer({self.spec.input_name: tensor})
         return out[self.spec.output_name]
@@ -264,8 +265,9 @@ class Segmenter:
                             f"(it has {', '.join(out_names)})")
         got = tuple(in_names[spec.input_name])
         static = all(isinstance(d, int) and d > 0 for d in got)
-        if static and got != tuple(spec.input_shape):
-            raise UserError(f"{path.name}: the model input is {list(got)} but its manifest says {list(spec.input_shape)}")
+        if static and got != tuple(spec.model_input_shape):
+            raise UserError(f"{path.name}: the model input is {list(got)} but its manifest says "
+                            f"{list(spec.model_input_shape)}")
         return spec
 
 
