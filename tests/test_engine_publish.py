@@ -353,3 +353,22 @@ def test_verification_feeds_a_uint8_graph_uint8_frames(engine_step):
     fed = [c[1] for c in log.calls if c[0] == "engine.infer"]
     assert fed and all(shape == (1, 64, 64, 3) for shape in fed)
     assert art.engine_record["verification"]["mask_agreement"] == 1.0
+
+
+def test_onnx_runtime_tensorrt_ep_keeps_its_engine_and_timing_caches(tiny_model, tmp_path, monkeypatch):
+    from lrformer_deploy.runtime.backends import ort as ort_backend
+
+    monkeypatch.setenv("LRFORMER_DEPLOY_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(ort_backend, "available_providers",
+                        lambda: [ort_backend.TENSORRT_EP, ort_backend.CUDA, ort_backend.CPU])
+    graph = tiny_model()
+    chain = ort_backend.providers_for_device("tensorrt:1", graph)
+    name, options = chain[0]
+    assert name == ort_backend.TENSORRT_EP and options["device_id"] == 1
+    assert options["trt_engine_cache_enable"] == "True" and options["trt_timing_cache_enable"] == "True"
+    folder = options["trt_engine_cache_path"]
+    assert folder == options["trt_timing_cache_path"] and folder.startswith(str(tmp_path / "cache"))
+    # One folder per graph content: an edited graph never meets the old graph's engine.
+    graph.write_bytes(graph.read_bytes() + b"\0")
+    assert ort_backend.providers_for_device("tensorrt", graph)[0][1]["trt_engine_cache_path"] != folder
+    assert ort_backend.providers_for_device("cuda")[0] == (ort_backend.CUDA, {"device_id": 0})
