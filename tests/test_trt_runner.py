@@ -14,6 +14,12 @@ from lrformer_deploy.runtime.backends import cuda as cuda_backend
 from lrformer_deploy.runtime.backends import trt as trt_backend
 
 
+@pytest.fixture(autouse=True)
+def no_shared_engines(monkeypatch):
+    """Each test starts without engines other tests' (never deactivated) runners still share."""
+    monkeypatch.setattr(trt_backend.SharedEngines, "_entries", {})
+
+
 @pytest.fixture
 def runner_factory(tmp_path, monkeypatch):
     engine = tmp_path / "m.engine"
@@ -121,8 +127,9 @@ def test_version_compatible_engine_allows_host_code_before_deserializing(tmp_pat
         monkeypatch.setattr(trt_backend, "_import_tensorrt", lambda: make_trt(log))
         monkeypatch.setattr(cuda_backend, "make_memory", lambda dev, prefer: FakeMemory(log))
         record = {"tensorrt": "10.16.1.11", "compute_capability": "8.9", "version_compatible": compatible}
-        trt_backend.TensorRTRunner(engine, record).activate()
+        trt_backend.TensorRTRunner(engine, record).activate().deactivate()
         names = log.names()
+        assert "deserialize_cuda_engine" in names
         if compatible:
             assert ("runtime.engine_host_code_allowed", True) in log.calls
             assert names.index("runtime.engine_host_code_allowed") < names.index("deserialize_cuda_engine")
@@ -161,3 +168,45 @@ def test_dynamic_engine_sets_the_shape_of_gpu_inputs(runner_factory):
     assert shapes == [(1, 3, 4, 4)]  # not the previous host call's batch of 3
     with pytest.raises(UserError, match="engine wants"):
         runner.infer({"image": GpuArray(256 * 9999, (5, 3, 4, 4))})  # beyond the profile's max batch 4
+
+
+def test_runners_of_one_engine_share_it_with_a_context_each(runner_factory):
+    make, log = runner_factory
+    first, second = make().activate(), make().activate()
+    assert log.names().count("deserialize_cuda_engine") == 1  # one engine on the GPU
+    assert log.names().count("create_execution_context") == 2  # a context per runner (per thread)
+    assert first.engine is second.engine and first.context is not second.context
+    first.deactivate()
+    second.infer({"image": HOST})  # still usable: the engine lives while a runner holds it
+    second.deactivate()
+    assert not trt_backend.SharedEngines._entries
+    make().activate().deactivate()
+    assert log.names().count("deserialize_cuda_engine") == 2  # released with its last runner, loaded again
+
+
+def test_failed_activation_releases_the_shared_engine(runner_factory):
+    make, _ = runner_factory
+    with pytest.raises(UserError, match="execution context"):
+        make(context_ok=False).activate()
+    assert not trt_backend.SharedEngines._entries
+
+
+def test_host_inputs_are_copied_from_pinned_staging(runner_factory, monkeypatch):
+    make, log = runner_factory
+    pinned = []
+    real = FakeMemory.pinned
+
+    def record(self, shape, dtype):
+        pinned.append(real(self, shape, dtype))
+        return pinned[-1]
+
+    monkeypatch.setattr(FakeMemory, "pinned", record)
+    sent = []
+    monkeypatch.setattr(FakeMemory, "htod", lambda self, dst, src, stream: sent.append(src))
+    runner = make().activate()
+    frame = np.arange(48, dtype=np.float64).reshape(1, 3, 4, 4)  # another dtype: converted on the way
+    runner.infer({"image": frame})
+    staging = runner._staging["image"]
+    assert any(p is staging for p in pinned)
+    assert np.shares_memory(sent[-1], staging) and sent[-1].dtype == np.float32
+    assert np.array_equal(sent[-1], frame.astype(np.float32))

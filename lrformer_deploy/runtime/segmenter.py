@@ -62,7 +62,7 @@ class Segmenter:
 
     Thread safety: calls may come from several threads. ONNX Runtime sessions run concurrently;
     TensorRT and torch runners are serialised by an internal lock (for parallel GPU work, create one
-    Segmenter per thread: each gets its own execution context).
+    Segmenter per thread: each gets its own execution context, and they share one deserialized engine).
     """
 
     def __init__(
