@@ -372,3 +372,31 @@ def test_onnx_runtime_tensorrt_ep_keeps_its_engine_and_timing_caches(tiny_model,
     graph.write_bytes(graph.read_bytes() + b"\0")
     assert ort_backend.providers_for_device("tensorrt", graph)[0][1]["trt_engine_cache_path"] != folder
     assert ort_backend.providers_for_device("cuda")[0] == (ort_backend.CUDA, {"device_id": 0})
+
+
+def test_auto_backend_prefers_only_a_verified_engine(tiny_model, monkeypatch, capsys):
+    # Defect 1, runtime side: --backend auto preferred any engine in the manifest.
+    from lrformer_deploy.runtime import Segmenter
+    from lrformer_deploy.runtime import segmenter as seg_mod
+
+    onnx = tiny_model()
+    onnx.with_suffix(".engine").write_bytes(b"PLAN")
+    man = onnx.with_suffix(".json")
+    manifest = json.loads(man.read_text())
+    manifest["artifacts"]["engine"] = {"file": "tiny.engine", "tensorrt": "10.16.1.11"}
+    man.write_text(json.dumps(manifest))
+    monkeypatch.setattr(seg_mod, "tensorrt_missing", lambda *a: None)  # as on a GPU machine with TensorRT
+    class TriedTheEngine(Exception):
+        pass
+
+    def trt_runner(self, *args):
+        raise TriedTheEngine
+
+    monkeypatch.setattr(Segmenter, "_trt_runner", trt_runner)
+    with Segmenter(man, backend="auto") as seg:  # unverified: ONNX Runtime, with a warning
+        assert seg.backend_name.startswith("onnxruntime")
+    assert "no passed verification" in capsys.readouterr().err
+    manifest["artifacts"]["engine"]["verification"] = {"passed": True}
+    man.write_text(json.dumps(manifest))
+    with pytest.raises(TriedTheEngine):
+        Segmenter(man, backend="auto")  # a verified engine is what auto tries first

@@ -189,6 +189,13 @@ class Segmenter:
                 raise UserError(f"no TensorRT engine recorded for {resolved.path.name}; build one with lrformer-export "
                                 "--engine, or use --backend onnxruntime --device tensorrt (ONNX Runtime's TensorRT provider)")
             return self._trt_runner(engine, spec, device), spec
+        verified = bool(((spec.engine_record if spec else None) or {}).get("verification", {}).get("passed"))
+        if (backend == "auto" and engine is not None and engine.is_file() and not verified and onnx is not None
+                and tensorrt_missing("run") is None):
+            # Engines from before verification-before-publish (or built by hand): only on request.
+            print(f"warning: {engine.name} has no passed verification against ONNX Runtime in its manifest; "
+                  "running the ONNX graph (--backend tensorrt runs the engine anyway, or rebuild it)", file=sys.stderr)
+            engine = None
         if backend == "auto" and engine is not None and engine.is_file() and tensorrt_missing("run") is None:
             runner = self._trt_runner(engine, spec, device)
             try:
