@@ -133,3 +133,12 @@ def test_lrformer_uint8_graph_masks_identical_on_real_frames(tmp_path, shared_vi
     assert len(masks_a) == len(frames) >= 9
     for ma, mb in zip(masks_a, masks_b):
         assert np.array_equal(ma, mb)
+
+
+def test_bench_refuses_a_uint8_graph_in_one_line(tiny_model, capsys):
+    from lrformer_deploy.cli.bench import main
+
+    u8 = uint8_tiny(tiny_model, size=(64, 96))
+    assert main(["--model", str(u8)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "uint8" in err and len(err.strip().splitlines()) == 1
