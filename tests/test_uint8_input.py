@@ -64,6 +64,13 @@ def test_uint8_rewrite_records_the_io_and_checks_its_limits(tiny_model):
     manifest = json.loads(u8.with_suffix(".json").read_text())
     assert manifest["input"]["dtype"] == "uint8" and manifest["input"]["layout"] == "NHWC"
     assert manifest["input"]["shape"] == [1, 64, 96, 3] and manifest["output"]["dtype"] == "uint8"
+    import jsonschema
+
+    from lrformer_deploy.manifest import SCHEMA_PATH
+
+    schema = json.loads(SCHEMA_PATH.read_text())  # the tiny manifest is partial: its input/output records
+    jsonschema.validate(manifest["input"], schema["properties"]["input"])
+    jsonschema.validate(manifest["output"], schema["properties"]["output"])
     with pytest.raises(UserError, match="at most 256"):
         uint8_mask(onnx.load(str(tiny_model())), 300)
     with pytest.raises(UserError, match="not a float"):
@@ -127,6 +134,9 @@ def test_lrformer_uint8_graph_masks_identical_on_real_frames(tmp_path, shared_vi
     u = build(BuildRequest(name="u", export_options={"input_dtype": "uint8", "mask_dtype": "uint8"}, **common))["fp32"]
     assert u.manifest["verification"]["io_rewrite"]["identical"]
     assert u.manifest["input"]["dtype"] == "uint8" and u.manifest["output"]["dtype"] == "uint8"
+    from manifest_schema import validate_manifest
+
+    validate_manifest(json.loads(u.manifest_path.read_text()))
     frames = read_video(shared_video)[0][::40]
     with Segmenter(f.onnx, backend="onnxruntime") as a, Segmenter(u.onnx, backend="onnxruntime") as b:
         masks_a, masks_b = a.segment_batch(frames), b.segment_batch(frames)
