@@ -175,7 +175,7 @@ def test_engine_step_off_names_a_stale_engine(engine_step, capsys):
     run, log, onnx = engine_step
     onnx.with_suffix(".engine").write_bytes(b"OLD")
     art = pipeline.Artifact("fp32", onnx, onnx.with_suffix(".json"), json.loads(onnx.with_suffix(".json").read_text()))
-    pipeline._stale_engine(BuildRequest(graph=onnx, engine="off"), None, art, "built with the engine step off")
+    pipeline._stale_engine(BuildRequest(graph=onnx, engine="off"), art, "built with the engine step off")
     assert "tiny.engine is from an earlier build" in capsys.readouterr().err
     assert onnx.with_suffix(".engine").read_bytes() == b"OLD"  # kept: nothing written is lost
 

@@ -348,7 +348,7 @@ def engine_batch_range(req: BuildRequest, art: Artifact) -> tuple[int, int, int]
     return None
 
 
-def _stale_engine(req: BuildRequest, result: BuildResult | None, art: Artifact, why: str) -> None:
+def _stale_engine(req: BuildRequest, art: Artifact, why: str) -> None:
     """A NAME.engine from an earlier build beside a manifest that no longer records it: kept (nothing
     written is lost) but named, and the runtime refuses to load it (runtime/spec.py)."""
     old = art.onnx.with_suffix(".engine")
@@ -382,7 +382,7 @@ def _engine(req: BuildRequest, art: Artifact, steps: _Steps, fp32: Artifact | No
             if req.engine == "require":
                 raise UserError(f"--engine was demanded but cannot be built: {exc.reason}") from None
             art.engine_skipped = exc.reason
-            _stale_engine(req, None, art, "engine step skipped")
+            _stale_engine(req, art, "engine step skipped")
             return
         record["file"] = engine_final.name
         try:
@@ -391,7 +391,7 @@ def _engine(req: BuildRequest, art: Artifact, steps: _Steps, fp32: Artifact | No
             if req.engine == "require":
                 raise UserError(f"the engine was built but cannot be verified: {exc.reason}") from None
             art.engine_skipped = f"built but not verified, so not published: {exc.reason}"
-            _stale_engine(req, None, art, "new engine not verified")
+            _stale_engine(req, art, "new engine not verified")
             return
         files = [(staged, engine_final)]
         cache_name = (record.get("build_options") or {}).get("timing_cache")
@@ -535,7 +535,7 @@ def build(req: BuildRequest) -> BuildResult:
             if req.engine != "off":
                 _engine(req, art, steps, fp32)
             else:
-                _stale_engine(req, result, art, "built with the engine step off")
+                _stale_engine(req, art, "built with the engine step off")
     finally:
         steps.close()
     result.seconds = time.perf_counter() - t0
