@@ -152,3 +152,17 @@ def test_bench_refuses_a_uint8_graph_in_one_line(tiny_model, capsys):
     assert main(["--model", str(u8)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "uint8" in err and len(err.strip().splitlines()) == 1
+
+
+def test_reuse_never_mixes_float_and_uint8_graphs():
+    from lrformer_deploy.build.pipeline import _same_fp32
+    from lrformer_deploy.build.uint8 import manifest_io
+
+    m = {"model": {"checkpoint_sha256": None, "variant": "T", "num_classes": 150}, "opset": 17, "target": "cpu",
+         "input": {"shape": [1, 3, 64, 96], "dtype": "float32"}, "output": {"kind": "mask", "dtype": "int32"}}
+    args = ((64, 96), "mask", 150, None, "T")
+    float_req = BuildRequest(variant="T", target="cpu")
+    u8_req = BuildRequest(variant="T", target="cpu", export_options={"input_dtype": "uint8", "mask_dtype": "uint8"})
+    assert _same_fp32(m, float_req, *args) and not _same_fp32(m, u8_req, *args)
+    manifest_io(m, "uint8", "uint8")
+    assert _same_fp32(m, u8_req, *args) and not _same_fp32(m, float_req, *args)

@@ -229,10 +229,17 @@ def _reusable_before_loading(req: BuildRequest, out_dir: Path) -> Artifact | Non
 
 def _same_fp32(m: dict, req: BuildRequest, size, head: str, num_classes: int, ckpt_sha: str | None,
                variant: str) -> bool:
+    # A float graph is never reused for a uint8 request, nor the reverse (same name, other I/O).
+    input_dtype = req.export_options.get("input_dtype", "float32")
+    mask_dtype = req.export_options.get("mask_dtype", "int32")
     return (m.get("model", {}).get("checkpoint_sha256") == ckpt_sha
             and m.get("model", {}).get("variant") == variant
             and m.get("model", {}).get("num_classes") == num_classes
-            and m.get("input", {}).get("shape") == [req.batch, 3, size[0], size[1]]
+            and m.get("input", {}).get("shape") == (
+                [req.batch, size[0], size[1], 3] if input_dtype == "uint8" else [req.batch, 3, size[0], size[1]])
+            and m.get("input", {}).get("dtype", "float32") == input_dtype
+            and m.get("output", {}).get("dtype", "int32") == (mask_dtype if head == "mask" else
+                                                              m.get("output", {}).get("dtype"))
             and m.get("output", {}).get("kind") == head
             and m.get("opset") == req.opset
             and m.get("target", "tensorrt") == req.target)
