@@ -108,6 +108,27 @@ def build_tiny_model(
     return onnx_path
 
 
+def to_uint8_model(onnx_path: Path) -> Path:
+    """Rewrite a model from build_tiny_model (and its manifest) in place for uint8 frames in and, for a mask
+    head, uint8 class ids out, as lrformer-export --input uint8 --mask-dtype uint8 does (no torch needed)."""
+    import onnx
+
+    from lrformer_deploy.build.uint8 import manifest_io, uint8_input, uint8_mask
+
+    man_path = onnx_path.with_suffix(".json")
+    manifest = json.loads(man_path.read_text())
+    proto = onnx.load(str(onnx_path))
+    uint8_input(proto, manifest["input"]["mean"], manifest["input"]["std"])
+    mask = manifest["output"]["kind"] == "mask"
+    if mask:
+        uint8_mask(proto, manifest["model"]["num_classes"])
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(onnx_path))
+    manifest_io(manifest, "uint8", "uint8" if mask else "int32")
+    man_path.write_text(json.dumps(manifest))
+    return onnx_path
+
+
 @pytest.fixture
 def tiny_model(tmp_path_factory):
     """Factory: tiny_model(head="mask"|"logits", size=(H, W), batch=1, num_classes=3, manifest=True) -> .onnx path."""

@@ -520,3 +520,19 @@ def test_repository_plan_config_from_engine_record(tmp_path, tiny_model):
     assert (folder / frames_manifest["artifacts"]["engine"]["file"]).resolve() == \
         (tmp_path / "repo" / "tiny" / "1" / gpu.default_model_filename).resolve()
     assert (folder / frames_manifest["artifacts"]["onnx"]["file"]).read_bytes() == onnx_path.read_bytes()
+
+
+def test_triton_configs_take_uint8_frames(tiny_model, tmp_path):
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    from conftest import to_uint8_model
+    from lrformer_deploy.triton.repository import write_repository
+
+    u8 = to_uint8_model(tiny_model(size=(64, 96)))
+    write_repository(u8.with_suffix(".json"), tmp_path / "repo")
+    cfg = parse_config(tmp_path / "repo" / "tiny" / "config.pbtxt")
+    assert [(t.name, t.data_type, list(t.dims)) for t in cfg.input] == [("image", mc.TYPE_UINT8, [1, 64, 96, 3])]
+    assert [(t.name, t.data_type, list(t.dims)) for t in cfg.output] == [("mask", mc.TYPE_UINT8, [1, 64, 96])]
+    frames_manifest = json.loads((tmp_path / "repo" / "tiny_frames" / "1" / "model.json").read_text())
+    assert frames_manifest["input"]["dtype"] == "uint8"  # the frames model's Segmenter feeds uint8
+    assert "uint8 [1, 64, 96, 3]" in (tmp_path / "repo" / "README.md").read_text()

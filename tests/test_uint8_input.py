@@ -9,29 +9,13 @@ import json
 import numpy as np
 import pytest
 
-from conftest import read_video
+from conftest import read_video, to_uint8_model
 from lrformer_deploy.build.request import BuildRequest
 from lrformer_deploy.errors import UserError
 
 
 def uint8_tiny(tiny_model, **kw):
-    """The tiny colour model rewritten for uint8 frames in and uint8 class ids out (no torch needed)."""
-    import onnx
-
-    from lrformer_deploy.build.uint8 import manifest_io, uint8_input, uint8_mask
-
-    onnx_path = tiny_model(**kw)
-    man_path = onnx_path.with_suffix(".json")
-    manifest = json.loads(man_path.read_text())
-    proto = onnx.load(str(onnx_path))
-    uint8_input(proto, manifest["input"]["mean"], manifest["input"]["std"])
-    if manifest["output"]["kind"] == "mask":
-        uint8_mask(proto, manifest["model"]["num_classes"])
-    onnx.checker.check_model(proto)
-    onnx.save(proto, str(onnx_path))
-    manifest_io(manifest, "uint8", "uint8" if manifest["output"]["kind"] == "mask" else "int32")
-    man_path.write_text(json.dumps(manifest))
-    return onnx_path
+    return to_uint8_model(tiny_model(**kw))
 
 
 def test_segmenter_feeds_uint8_frames_and_masks_match_the_float_graph(tiny_model, shared_video):
@@ -83,24 +67,6 @@ def test_uint8_with_reduced_precision_is_refused_before_any_work(tmp_path):
     for options in ({"input_dtype": "uint8"}, {"mask_dtype": "uint8"}):
         with pytest.raises(UserError, match="FP32 graph only"):
             validate(BuildRequest(variant="demo", precisions=("fp16",), export_options=options, output_dir=tmp_path))
-
-
-def test_triton_configs_take_uint8_frames(tiny_model, tmp_path):
-    from tritonclient.grpc import model_config_pb2 as mc
-
-    from lrformer_deploy.triton.repository import write_repository
-
-    u8 = uint8_tiny(tiny_model, size=(64, 96))
-    write_repository(u8.with_suffix(".json"), tmp_path / "repo")
-    text = (tmp_path / "repo" / "tiny" / "config.pbtxt").read_text()
-    from google.protobuf import text_format
-
-    cfg = text_format.Parse(text, mc.ModelConfig())
-    assert [(t.name, t.data_type, list(t.dims)) for t in cfg.input] == [("image", mc.TYPE_UINT8, [1, 64, 96, 3])]
-    assert [(t.name, t.data_type, list(t.dims)) for t in cfg.output] == [("mask", mc.TYPE_UINT8, [1, 64, 96])]
-    frames_manifest = json.loads((tmp_path / "repo" / "tiny_frames" / "1" / "model.json").read_text())
-    assert frames_manifest["input"]["dtype"] == "uint8"  # the frames model's Segmenter feeds uint8
-    assert "uint8 [1, 64, 96, 3]" in (tmp_path / "repo" / "README.md").read_text()
 
 
 def test_video_pipeline_masks_equal_the_float_graphs(tiny_model, shared_video, tmp_path):
