@@ -29,6 +29,8 @@ MAX_PIXELS_FILES = 100_000_000
 # long enough for a camera or server restart. Files are never reconnected.
 DEFAULT_RECONNECT_S = 30.0
 ENGINE_MODES = ("auto", "require", "off")  # auto: build where TensorRT + a GPU are; require: fail otherwise
+# TensorRT engine portability: none (this GPU model), ampere+ (any Ampere or newer), same-cc (same compute capability)
+HARDWARE_COMPATIBILITY = ("none", "ampere+", "same-cc")
 # Layout of the mask head's Resize -> ArgMax tail: "nchw" for TensorRT (its IResizeLayer resizes the last
 # dims), "nhwc" for ONNX Runtime on CPUs, which reduces over contiguous classes several times faster.
 MASK_TAILS = ("nchw", "nhwc")
@@ -89,8 +91,12 @@ def graph_input(model_proto: Any) -> tuple[str, list[int | str | None]]:
 
 
 def graph_size(model_proto: Any, where: str = "the graph") -> tuple[int, int]:
-    """Static (H, W) of a graph's N x 3 x H x W image input; one UserError when they are not static."""
-    _, dims = graph_input(model_proto)
-    if len(dims) != 4 or not all(isinstance(d, int) and d > 0 for d in dims[2:]):
+    """Static (H, W) of a graph's image input: N x 3 x H x W, or N x H x W x 3 for a uint8-input graph
+    (lrformer-export --input uint8); one UserError when they are not static."""
+    name, dims = graph_input(model_proto)
+    inp = next(i for i in model_proto.graph.input if i.name == name)
+    nhwc = inp.type.tensor_type.elem_type == 2  # onnx.TensorProto.UINT8: frames as clients hold them
+    hw = dims[1:3] if nhwc else dims[2:]
+    if len(dims) != 4 or not all(isinstance(d, int) and d > 0 for d in hw):
         raise UserError(f"{where}: the input has no static H, W (got {dims})")
-    return dims[2], dims[3]
+    return hw[0], hw[1]

@@ -13,7 +13,9 @@ IoT DevKit sample videos; else samples/synthetic-scenes.mp4) it checks:
   producer stream the runner derives for a torch CUDA tensor;
 - `lrformer-bench --compare` on the demo model: the GPU rows (torch-cuda, tensorrt);
 - with TensorRT: an FP32 engine (NCHW mask tail, TF32 off) built, run from host frames and from CUDA
-  tensors made on a producer stream, compared with ONNX Runtime; its median latency.
+  tensors made on a producer stream, compared with ONNX Runtime; its median latency;
+- with TensorRT: FP16 and INT8 engines made through build() (reduced graph, engine, verification against
+  ONNX Runtime before publishing, manifest) and run by Segmenter(backend="tensorrt"), one row each.
 Exit status 0 when every check that ran passed, 1 when one failed, 2 with one line when no GPU is usable.
 """
 from __future__ import annotations
@@ -175,6 +177,32 @@ def run_bench(work: Path, timeout: int) -> str:
     return "; ".join(parts)
 
 
+def check_engine_through_build(precision: str, args, work: Path, size, batch: np.ndarray, reference) -> str:
+    """An FP16 / INT8 engine made the way users make one: build() (graph, accuracy check, engine, verification
+    before publish, manifest), then run by Segmenter(backend="tensorrt") and compared with ONNX Runtime."""
+    if importlib.util.find_spec("tensorrt") is None:
+        raise Skip("TensorRT is not installed")
+    if reference is None:
+        raise Skip("no ONNX Runtime reference")
+    from lrformer_deploy.build import BuildRequest, build, demo
+    from lrformer_deploy.runtime import Segmenter
+
+    result = build(BuildRequest(checkpoint=demo.CHECKPOINT, size=size, precisions=(precision,), calib=str(args.video),
+                                calib_count=8, check_count=4, engine="require", output_dir=work / "build",
+                                name="demo-gpu", quiet=True, engine_options={"device_id": args.device}))
+    art = result[precision]
+    record = art.engine_record
+    check = record["verification"]
+    with Segmenter(art.manifest_path, backend="tensorrt", device=f"cuda:{args.device}") as seg:
+        # The preprocessed frames ORT's reference ran on: masks at the input size, compared pixel by pixel.
+        masks = np.concatenate([seg.infer(x[None]) for x in batch])
+    agree = agreement(masks, reference)
+    layers = record.get("layers", {})
+    return (f"TensorRT {record['tensorrt']}: verification before publish {check['mask_agreement']:.5f} "
+            f"(min {check['min_agreement']}) on {check['frames']} held-back frames; Segmenter vs ORT FP32 {agree:.5f}; "
+            f"{layers.get('total', '?')} layers {layers.get('by_precision', {})}")
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     reason = gpu_reason()
@@ -272,6 +300,10 @@ def main(argv=None) -> int:
                              f"median {np.median(lat):.2f} ms/frame incl. copies")
             if agree < MIN_AGREEMENT["fp32"] or not same:
                 raise RuntimeError(row["detail"])
+
+        for precision in ("fp16", "int8"):
+            with checks.check(f"tensorrt engine {precision} via build() + Segmenter") as row:
+                row["detail"] = check_engine_through_build(precision, args, work, size, batch, reference)
 
     print(checks.table())
     print(f"total {time.perf_counter() - t_start:.0f} s")

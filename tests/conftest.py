@@ -108,6 +108,27 @@ def build_tiny_model(
     return onnx_path
 
 
+def to_uint8_model(onnx_path: Path) -> Path:
+    """Rewrite a model from build_tiny_model (and its manifest) in place for uint8 frames in and, for a mask
+    head, uint8 class ids out, as lrformer-export --input uint8 --mask-dtype uint8 does (no torch needed)."""
+    import onnx
+
+    from lrformer_deploy.build.uint8 import manifest_io, uint8_input, uint8_mask
+
+    man_path = onnx_path.with_suffix(".json")
+    manifest = json.loads(man_path.read_text())
+    proto = onnx.load(str(onnx_path))
+    uint8_input(proto, manifest["input"]["mean"], manifest["input"]["std"])
+    mask = manifest["output"]["kind"] == "mask"
+    if mask:
+        uint8_mask(proto, manifest["model"]["num_classes"])
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(onnx_path))
+    manifest_io(manifest, "uint8", "uint8" if mask else "int32")
+    man_path.write_text(json.dumps(manifest))
+    return onnx_path
+
+
 @pytest.fixture
 def tiny_model(tmp_path_factory):
     """Factory: tiny_model(head="mask"|"logits", size=(H, W), batch=1, num_classes=3, manifest=True) -> .onnx path."""
@@ -133,3 +154,48 @@ def read_video(path) -> tuple[list, float]:
         frames.append(frame)
     cap.release()
     return frames, fps
+
+
+# --------------------------------------------------------------------------- markers that really skip
+_PRESENT: dict[str, str | None] = {}
+
+
+def _gpu_missing() -> str | None:
+    """None when an NVIDIA GPU answers nvidia-smi, else why not (asked once per session)."""
+    if "gpu" not in _PRESENT:
+        import shutil
+        import subprocess
+
+        smi = shutil.which("nvidia-smi")
+        reason = "no NVIDIA GPU (nvidia-smi is not installed)"
+        if smi is not None:
+            try:
+                out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=20, check=False)
+                reason = None if out.returncode == 0 and "GPU" in out.stdout else "nvidia-smi lists no GPU"
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                reason = f"nvidia-smi failed: {exc}"
+        _PRESENT["gpu"] = reason
+    return _PRESENT["gpu"]
+
+
+def _tensorrt_missing() -> str | None:
+    if "tensorrt" not in _PRESENT:
+        try:
+            import tensorrt  # noqa: F401
+            _PRESENT["tensorrt"] = None
+        except Exception as exc:  # ImportError, or OSError from a wheel without its CUDA libraries
+            _PRESENT["tensorrt"] = f"TensorRT is not importable ({exc.__class__.__name__}: {exc})"
+    return _PRESENT["tensorrt"]
+
+
+def pytest_runtest_setup(item):
+    """`gpu`-marked tests skip without an NVIDIA GPU, `tensorrt`-marked ones without importable TensorRT
+    (declared markers alone skip nothing: on a machine with TensorRT and no GPU they would error)."""
+    if item.get_closest_marker("tensorrt") is not None:
+        reason = _tensorrt_missing()
+        if reason:
+            pytest.skip(reason)
+    if item.get_closest_marker("gpu") is not None:
+        reason = _gpu_missing()
+        if reason:
+            pytest.skip(reason)

@@ -23,8 +23,13 @@ class Recorder:
 
 
 def make_trt(log: Recorder, *, version="10.16.1.11", dynamic=False, context_ok=True, address_ok=lambda p: True,
-             set_cache_ok=True, final_cache=True, serialized=b"PLAN", tf32_flag=True):
-    """A module object with the TensorRT names our code uses; behaviour switches are the keyword args."""
+             set_cache_ok=True, final_cache=True, serialized=b"PLAN", tf32_flag=True, plugins=(), same_cc=True,
+             layers=None):
+    """A module object with the TensorRT names our code uses; behaviour switches are the keyword args.
+
+    set_cache_ok: True, False, or "empty-only" (a cache from another device is refused, an empty one taken).
+    plugins: names of plugin layers the parsed network holds. layers: the inspector's "Layers" list.
+    """
     trt = types.ModuleType("tensorrt")
     trt.__version__ = version
 
@@ -41,7 +46,17 @@ def make_trt(log: Recorder, *, version="10.16.1.11", dynamic=False, context_ok=T
     trt.nptype = lambda dtype: {"float32": np.float32, "int32": np.int32}[dtype]
     trt.MemoryPoolType = types.SimpleNamespace(WORKSPACE="WORKSPACE")
     trt.NetworkDefinitionCreationFlag = types.SimpleNamespace(STRONGLY_TYPED=1)
-    trt.BuilderFlag = types.SimpleNamespace(TF32="TF32") if tf32_flag else types.SimpleNamespace()
+    trt.BuilderFlag = types.SimpleNamespace(VERSION_COMPATIBLE="VERSION_COMPATIBLE",
+                                            **({"TF32": "TF32"} if tf32_flag else {}))
+    trt.ProfilingVerbosity = types.SimpleNamespace(DETAILED="DETAILED")
+    trt.HardwareCompatibilityLevel = types.SimpleNamespace(
+        AMPERE_PLUS="AMPERE_PLUS", **({"SAME_COMPUTE_CAPABILITY": "SAME_COMPUTE_CAPABILITY"} if same_cc else {}))
+    trt.LayerType = types.SimpleNamespace(PLUGIN="PLUGIN", PLUGIN_V2="PLUGIN_V2", PLUGIN_V3="PLUGIN_V3",
+                                          CONVOLUTION="CONVOLUTION")
+    trt.LayerInformationFormat = types.SimpleNamespace(JSON="JSON", ONELINE="ONELINE")
+    report_layers = layers if layers is not None else [
+        {"Name": "conv", "Outputs": [{"Name": "x", "Format/Datatype": "Row major linear FP16 format"}]},
+        {"Name": "argmax", "Outputs": [{"Name": "mask", "Format/Datatype": "Row major linear Int32"}]}]
 
     in_shape = (-1, 3, 4, 4) if dynamic else (1, 3, 4, 4)
     profile_max = (4, 3, 4, 4)
@@ -89,9 +104,22 @@ def make_trt(log: Recorder, *, version="10.16.1.11", dynamic=False, context_ok=T
             log("create_execution_context")
             return Context() if context_ok else None
 
+    class Inspector:
+        def get_engine_information(self, fmt):
+            import json
+
+            log("get_engine_information", fmt)
+            return json.dumps({"Layers": report_layers})
+
+    Engine.create_engine_inspector = lambda self: (log("create_engine_inspector"), Inspector())[1]
+
     class Runtime:
         def __init__(self, logger):
             pass
+
+        def __setattr__(self, name, value):
+            log("runtime." + name, value)
+            object.__setattr__(self, name, value)
 
         def deserialize_cuda_engine(self, data):
             log("deserialize_cuda_engine", len(data))
@@ -101,6 +129,9 @@ def make_trt(log: Recorder, *, version="10.16.1.11", dynamic=False, context_ok=T
         pass
 
     class TimingCache:
+        def __init__(self, data=b""):
+            self.data = data
+
         def serialize(self):
             return Memory(b"CACHE")
 
@@ -108,8 +139,18 @@ def make_trt(log: Recorder, *, version="10.16.1.11", dynamic=False, context_ok=T
         def __init__(self, name, shape, dtype):
             self.name, self.shape, self.dtype = name, shape, dtype
 
+    class Layer:
+        def __init__(self, name, kind):
+            self.name, self.type = name, kind
+
+    network_layers = [Layer("conv", "CONVOLUTION")] + [Layer(n, "PLUGIN_V2") for n in plugins]
+
     class Network:
         num_inputs, num_outputs = 1, 1
+        num_layers = len(network_layers)
+
+        def get_layer(self, i):
+            return network_layers[i]
 
         def get_input(self, i):
             return Tensor("image", in_shape, "DataType.FLOAT")
@@ -118,6 +159,10 @@ def make_trt(log: Recorder, *, version="10.16.1.11", dynamic=False, context_ok=T
             return Tensor("mask", (in_shape[0], 4, 4), "DataType.INT32")
 
     class Config:
+        def __setattr__(self, name, value):
+            log("config." + name, value)
+            object.__setattr__(self, name, value)
+
         def set_memory_pool_limit(self, pool, size):
             log("set_memory_pool_limit", pool, size)
 
@@ -129,11 +174,11 @@ def make_trt(log: Recorder, *, version="10.16.1.11", dynamic=False, context_ok=T
 
         def create_timing_cache(self, data):
             log("create_timing_cache", bytes(data))
-            return TimingCache()
+            return TimingCache(bytes(data))
 
         def set_timing_cache(self, cache, ignore_mismatch):
-            log("set_timing_cache", ignore_mismatch)
-            return set_cache_ok
+            log("set_timing_cache", ignore_mismatch, cache.data)
+            return (not cache.data) if set_cache_ok == "empty-only" else set_cache_ok
 
         def get_timing_cache(self):
             log("get_timing_cache")
@@ -242,6 +287,9 @@ class FakeMemory:
 
     def stream_wait(self, consumer, producer):
         self.log("stream_wait", consumer, producer, self.depth)
+
+    def dtod(self, dst, src, nbytes, handle):
+        self.log("dtod", dst, src, nbytes, handle)
 
     def release(self):
         self.log("release")

@@ -65,16 +65,14 @@ def test_network_flags_follow_the_installed_enum():
 @pytest.mark.tensorrt
 @pytest.mark.gpu
 def test_build_strongly_typed_engine_and_reuse_timing_cache(toy_fp16):
-    pytest.importorskip("tensorrt")
-    try:
-        gpu_info()
-    except EngineUnavailable as exc:
-        pytest.skip(exc.reason)
     first = build_engine(toy_fp16, workspace_gib=1)
     engine = toy_fp16.with_suffix(".engine")
     assert engine.is_file() and first["file"] == engine.name
     assert first["build_options"]["strongly_typed"] and not first["build_options"]["timing_cache_reused"]
-    assert toy_fp16.with_suffix(".timing-cache").is_file()
+    # Defect 2: the cache is named by the record (TensorRT version, GPU, compute capability), not guessed.
+    cache = toy_fp16.with_name(first["build_options"]["timing_cache"])
+    assert cache.is_file() and cache.name.endswith(".timing-cache")
+    assert toy_fp16.with_name(first["layers"]["report"]).is_file() and first["layers"]["total"] > 0
     second = build_engine(toy_fp16, workspace_gib=1)
     assert second["build_options"]["timing_cache_reused"]
     assert first["tensorrt"] and first["gpu"] and first["compute_capability"]
@@ -156,22 +154,46 @@ def test_gpu_identity_falls_back_to_nvidia_smi_without_a_cuda_api(fake_build, mo
     assert "may not be the one" in record["gpu_source"]  # two GPUs: say the record may be wrong
 
 
-def test_timing_cache_is_keyed_by_tensorrt_version_and_compute_capability(fake_build, tmp_path):
+def test_timing_cache_is_keyed_by_tensorrt_version_gpu_and_compute_capability(fake_build, tmp_path):
     run, log, onnx = fake_build
     first = run({"version": "10.16.1.11"})
-    assert first["build_options"]["timing_cache"] == "m.trt10.16.1.11.sm80.timing-cache"
+    assert first["build_options"]["timing_cache"] == "m.trt10.16.1.11.nvidia-a100.sm80.timing-cache"
     assert not first["build_options"]["timing_cache_reused"]
     assert (tmp_path / first["build_options"]["timing_cache"]).read_bytes() == b"CACHE"
     again = run({"version": "10.16.1.11"})
     assert again["build_options"]["timing_cache_reused"]
     other = run({"version": "11.4.0.106"})  # another TensorRT never loads the first one's cache
-    assert other["build_options"]["timing_cache"] == "m.trt11.4.0.106.sm80.timing-cache"
+    assert other["build_options"]["timing_cache"] == "m.trt11.4.0.106.nvidia-a100.sm80.timing-cache"
     assert not other["build_options"]["timing_cache_reused"]
 
 
-def test_rejected_timing_cache_is_one_clear_error_and_no_engine(fake_build, tmp_path):
+def test_another_gpu_of_the_same_compute_capability_gets_its_own_cache(fake_build, monkeypatch, tmp_path):
+    # Defect 4: A100 and A30 are both sm80; TensorRT refuses one's cache on the other.
+    from lrformer_deploy.runtime.backends import cuda as cuda_backend
+
+    run, log, _ = fake_build
+    a100 = run()["build_options"]["timing_cache"]
+    monkeypatch.setattr(cuda_backend, "make_memory", lambda dev, prefer: FakeMemory(log, "NVIDIA A30", (8, 0)))
+    a30 = run()["build_options"]["timing_cache"]
+    assert a100 != a30 and "a30" in a30
+    assert {p.name for p in tmp_path.glob("*.timing-cache")} == {a100, a30}
+
+
+def test_a_cache_from_another_device_is_replaced_not_a_failed_build(fake_build, tmp_path, capsys):
+    # Defect 4: a mismatching cache used to be a hard build error; it only ever saves build time.
+    run, log, onnx = fake_build
+    name = run()["build_options"]["timing_cache"]
+    (tmp_path / name).write_bytes(b"FOREIGN")
+    record = run({"set_cache_ok": "empty-only"})
+    assert onnx.with_suffix(".engine").read_bytes() == b"PLAN"
+    assert record["build_options"]["timing_cache_rejected"] and not record["build_options"]["timing_cache_reused"]
+    assert (tmp_path / name).read_bytes() == b"CACHE"  # replaced by this device's cache
+    assert "rejected the timing cache" in capsys.readouterr().err
+
+
+def test_no_timing_cache_at_all_is_one_clear_error_and_no_engine(fake_build, tmp_path):
     run, _, onnx = fake_build
-    with pytest.raises(engine_build.EngineBuildError, match="rejected the timing cache"):
+    with pytest.raises(engine_build.EngineBuildError, match="cannot create a timing cache"):
         run({"set_cache_ok": False})
     assert not onnx.with_suffix(".engine").exists()
 

@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 SCANNED = [REPO / "lrformer_deploy", REPO / "samples"]
 FETCH = ('pip download --no-deps --only-binary=:all: --python-version 3.11 --platform manylinux_2_28_x86_64 '
          '--platform manylinux_2_17_x86_64 -d "$LRFORMER_TRT_WHEELS" tensorrt-cu12-bindings==<version> '
-         '(see .ci/run)')
+         '(nox, the README\'s test command, fetches them: noxfile.py tensorrt_bindings)')
 
 
 def wheel_dir() -> Path:

@@ -714,3 +714,17 @@ def test_serve_under_a_long_home_with_a_long_model_name(long_home_model, frames,
             proc.kill()
             proc.wait()
     assert proc.returncode == 128 + signal.SIGTERM
+def test_triton_configs_take_uint8_frames(tiny_model, tmp_path):
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    from conftest import to_uint8_model
+    from lrformer_deploy.triton.repository import write_repository
+
+    u8 = to_uint8_model(tiny_model(size=(64, 96)))
+    write_repository(u8.with_suffix(".json"), tmp_path / "repo")
+    cfg = parse_config(tmp_path / "repo" / "tiny" / "config.pbtxt")
+    assert [(t.name, t.data_type, list(t.dims)) for t in cfg.input] == [("image", mc.TYPE_UINT8, [1, 64, 96, 3])]
+    assert [(t.name, t.data_type, list(t.dims)) for t in cfg.output] == [("mask", mc.TYPE_UINT8, [1, 64, 96])]
+    frames_manifest = json.loads((tmp_path / "repo" / "tiny_frames" / "1" / "model.json").read_text())
+    assert frames_manifest["input"]["dtype"] == "uint8"  # the frames model's Segmenter feeds uint8
+    assert "uint8 [1, 64, 96, 3]" in (tmp_path / "repo" / "README.md").read_text()

@@ -193,6 +193,9 @@ def resolve_source(model: str | None, variant: str | None, num_classes: int, siz
         g_size, g_batch, g_head = (dims[2], dims[3]), dims[0], "logits" if len(out_dims) == 4 else "mask"
         mean, std, onnx_path, engine_path, record, m = IMAGENET_MEAN, IMAGENET_STD, resolved.path, None, None, {}
     else:
+        if spec.input_dtype != "float32":
+            raise UserError(f"{resolved.path.name} takes uint8 frames (lrformer-export --input uint8); lrformer-bench "
+                            "measures float-input graphs: compare the two with samples/bench_uint8_input.py")
         g_size, g_batch, g_head = spec.input_size, spec.batch, spec.output_kind
         mean, std, onnx_path, engine_path, record = spec.mean, spec.std, spec.onnx_path, spec.engine_path, spec.engine_record
         m = spec.manifest.get("model", {})

@@ -19,7 +19,16 @@ The engine is built on CUDA device `device_id` as CUDA numbers it (CUDA_VISIBLE_
 the record names that device, read through the runtime's CUDA memory provider (pycuda or torch.cuda);
 nvidia-smi, which numbers GPUs in PCI order, is only a fallback. Return values TensorRT reports
 failures with (set_timing_cache, get_timing_cache) are checked. The engine and the timing cache are
-written atomically; the default timing cache is keyed by TensorRT version and compute capability.
+written atomically; the default timing cache is keyed by TensorRT version, GPU name and compute
+capability, and a cache TensorRT refuses (made on another device) is replaced, never a failed build.
+
+What the engine runs is recorded: the parsed network must hold no plugin layers (`allow_plugins`
+overrides), the engine inspector's JSON layer report (profiling verbosity DETAILED) is written beside
+the engine as NAME.layers.json with per-precision layer counts in the record, and the record carries
+the equivalent `trtexec` command line. Portable engines: `version_compatible` (BuilderFlag.
+VERSION_COMPATIBLE; the runtime then sets engine_host_code_allowed) and `hardware_compatible`
+("ampere+" or "same-cc": config.hardware_compatibility_level). A dynamic batch needs a batch_range:
+it is never guessed. build/pipeline.py verifies the engine against ONNX Runtime before publishing it.
 
 Without TensorRT or a GPU, build_engine raises EngineUnavailable(reason): the export CLI prints
 "engine step skipped: <reason>" and carries on. This module never imports torch.
@@ -33,6 +42,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from lrformer_deploy import atomic
+from lrformer_deploy.contract import HARDWARE_COMPATIBILITY
 from lrformer_deploy.errors import UserError
 from lrformer_deploy.manifest import sha256_file
 
@@ -131,10 +141,29 @@ def build_device(device_id: int = 0) -> tuple[dict, Any]:
              "source": f"{mem.kind} device {device_id}"}, mem)
 
 
-def timing_cache_name(engine_path: Path, trt_version: str, compute_capability: str) -> Path:
-    """NAME.trt<version>.sm<cc>.timing-cache: a cache is only valid for one TensorRT version and GPU."""
+def _slug(text: str) -> str:
+    return "".join(ch if ch.isalnum() else "-" for ch in str(text).lower()).strip("-") or "gpu"
+
+
+def timing_cache_name(engine_path: Path, trt_version: str, compute_capability: str, gpu_name: str = "") -> Path:
+    """NAME.trt<version>.<gpu>.sm<cc>.timing-cache: TensorRT rejects a cache made on another device, and
+    two GPUs of one compute capability (A100 / A30, H100 PCIe / SXM) are different devices to it, so the
+    key holds the GPU's name as well as its compute capability."""
     cc = str(compute_capability).replace(".", "")
-    return engine_path.with_name(f"{engine_path.stem}.trt{trt_version}.sm{cc}.timing-cache")
+    gpu = f".{_slug(gpu_name)}" if gpu_name else ""
+    return engine_path.with_name(f"{engine_path.stem}.trt{trt_version}{gpu}.sm{cc}.timing-cache")
+
+
+def _hardware_level(trt, level: str):
+    """The HardwareCompatibilityLevel for `level`; SAME_COMPUTE_CAPABILITY arrived after TensorRT 10.0."""
+    levels = trt.HardwareCompatibilityLevel
+    if level == "ampere+":
+        return levels.AMPERE_PLUS
+    same_cc = getattr(levels, "SAME_COMPUTE_CAPABILITY", None)
+    if same_cc is None:
+        raise UserError(f"TensorRT {trt.__version__} has no same-compute-capability engines; use ampere+ "
+                        "or a newer TensorRT")
+    return same_cc
 
 
 def _set_tf32(trt, config, tf32: bool) -> bool | None:
@@ -171,13 +200,21 @@ def build_engine(
     tf32: bool | None = None,
     device_id: int = 0,
     verbose: bool = False,
+    version_compatible: bool = False,
+    hardware_compatible: str = "none",
+    allow_plugins: bool = False,
 ) -> dict:
     """Build a strongly typed TensorRT engine from `onnx_path`; return the manifest's engine record.
 
     engine_path: default NAME.engine beside the ONNX. timing_cache: default
     NAME.trt<version>.sm<cc>.timing-cache beside the engine; loaded when present and written back after
-    the build. batch_range: (min, opt, max) batch for an optimization profile, used only when the
-    graph's batch dim is dynamic (default 1,1,1). tf32: None or False keeps FP32 layers in true FP32
+    the build. batch_range: (min, opt, max) batch for an optimization profile; required when the
+    graph's batch dim is dynamic (a guessed (1, 1, 1) profile would refuse every larger batch), ignored
+    otherwise. version_compatible: an engine later TensorRT releases of the same major version can
+    run (the runtime must then allow engine host code). hardware_compatible: "ampere+" (any Ampere or
+    newer GPU) or "same-cc" (any GPU of this compute capability) instead of this GPU model only.
+    allow_plugins: accept a network with plugin layers (refused by default: a plugin must be shipped
+    and loaded beside the engine, which nothing here does). tf32: None or False keeps FP32 layers in true FP32
     (see the module doc), True lets TensorRT use TF32 for them. device_id: CUDA device to build on.
     Raises EngineUnavailable when TensorRT or a GPU is missing, EngineBuildError when the build fails.
     """
@@ -187,23 +224,35 @@ def build_engine(
     engine_path = Path(engine_path) if engine_path is not None else onnx_path.with_suffix(".engine")
     if workspace_gib <= 0:
         raise UserError(f"workspace must be positive, got {workspace_gib} GiB.")
+    hardware_compatible = str(hardware_compatible or "none").lower()
+    if hardware_compatible not in HARDWARE_COMPATIBILITY:
+        raise UserError(f"hardware compatibility must be one of {', '.join(HARDWARE_COMPATIBILITY)}, "
+                        f"got {hardware_compatible!r}")
+    if batch_range is not None:
+        lo, opt, hi = (int(v) for v in batch_range)
+        if not 1 <= lo <= opt <= hi:
+            raise UserError(f"batch range must satisfy 1 <= min <= opt <= max, got {lo}, {opt}, {hi}.")
+        batch_range = (lo, opt, hi)
 
     trt = _import_tensorrt()
     _warn_channels_last_tail(onnx_path)
     gpu, device = build_device(device_id)
     cache_path = (Path(timing_cache) if timing_cache is not None
-                  else timing_cache_name(engine_path, trt.__version__, gpu["compute_capability"]))
+                  else timing_cache_name(engine_path, trt.__version__, gpu["compute_capability"], gpu["name"]))
     # TensorRT builds on the current CUDA device: make the recorded device the current one.
     device.push()
     try:
+        options = {"version_compatible": bool(version_compatible), "hardware_compatible": hardware_compatible,
+                   "allow_plugins": bool(allow_plugins)}
         return _build(trt, onnx_path, engine_path, cache_path, gpu, device_id, workspace_gib, batch_range,
-                      optimization_level, bool(tf32), verbose)
+                      optimization_level, bool(tf32), verbose, options)
     finally:
         device.pop()
 
 
 def _build(trt, onnx_path: Path, engine_path: Path, cache_path: Path, gpu: dict, device_id: int,
-           workspace_gib: float, batch_range, optimization_level, tf32: bool, verbose: bool) -> dict:
+           workspace_gib: float, batch_range, optimization_level, tf32: bool, verbose: bool,
+           options: dict) -> dict:
     logger = trt.Logger(trt.Logger.VERBOSE if verbose else trt.Logger.WARNING)
     try:
         builder = trt.Builder(logger)
@@ -217,18 +266,39 @@ def _build(trt, onnx_path: Path, engine_path: Path, cache_path: Path, gpu: dict,
     if not parser.parse_from_file(str(onnx_path)):
         errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
         raise EngineBuildError(f"TensorRT cannot parse {onnx_path.name}: {'; '.join(errors[:3]) or 'unknown error'}")
+    plugins = plugin_layers(trt, network)
+    if plugins and not options["allow_plugins"]:
+        raise EngineBuildError(f"{onnx_path.name} parses into {len(plugins)} plugin layer(s) ({', '.join(plugins[:3])}): "
+                               "an engine with plugins needs their library at run time; export a graph without "
+                               "custom ops")
 
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
     if optimization_level is not None:
         config.builder_optimization_level = int(optimization_level)
     tf32_used = _set_tf32(trt, config, tf32)
+    # The layer report (engine inspector) only names tactics and formats at DETAILED verbosity.
+    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
+    if options["version_compatible"]:
+        config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
+    if options["hardware_compatible"] != "none":
+        config.hardware_compatibility_level = _hardware_level(trt, options["hardware_compatible"])
 
     previous = cache_path.read_bytes() if cache_path.is_file() else b""
     cache = config.create_timing_cache(previous)
+    cache_rejected = False
     if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
-        raise EngineBuildError(f"TensorRT {trt.__version__} rejected the timing cache {cache_path} (made by another "
-                               "TensorRT version or GPU?); delete it and build again")
+        if not previous:
+            raise EngineBuildError(f"TensorRT {trt.__version__} cannot create a timing cache")
+        # Only a speed-up: a cache from another device is left alone and the build starts from an empty one.
+        import sys
+
+        print(f"warning: TensorRT {trt.__version__} rejected the timing cache {cache_path.name} (made on another "
+              "device); building without it and replacing it", file=sys.stderr)
+        cache_rejected, previous = True, b""
+        cache = config.create_timing_cache(b"")
+        if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
+            raise EngineBuildError(f"TensorRT {trt.__version__} cannot create a timing cache")
 
     inputs = []
     profile = None
@@ -239,9 +309,10 @@ def _build(trt, onnx_path: Path, engine_path: Path, cache_path: Path, gpu: dict,
         if any(d < 0 for d in shape):
             if any(d < 0 for d in shape[1:]):
                 raise EngineBuildError(f"input {tensor.name} has dynamic dims besides the batch: {shape}")
-            lo, opt, hi = tuple(batch_range) if batch_range else (1, 1, 1)
-            if not 1 <= lo <= opt <= hi:
-                raise UserError(f"batch range must satisfy 1 <= min <= opt <= max, got {lo}, {opt}, {hi}.")
+            if batch_range is None:
+                raise UserError(f"{onnx_path.name} has a dynamic batch: give the engine's batch range (min, opt, "
+                                "max), e.g. from the manifest's input.batch_range")
+            lo, opt, hi = batch_range
             profile = profile or builder.create_optimization_profile()
             profile.set_shape(tensor.name, [lo] + shape[1:], [opt] + shape[1:], [hi] + shape[1:])
     if profile is not None:
@@ -267,6 +338,7 @@ def _build(trt, onnx_path: Path, engine_path: Path, cache_path: Path, gpu: dict,
 
     outputs = [{"name": network.get_output(i).name, "dtype": str(network.get_output(i).dtype)}
                for i in range(network.num_outputs)]
+    layers = write_layer_report(trt, serialized, logger, layer_report_name(engine_path))
     return {
         "file": engine_path.name,
         "sha256": sha256_file(engine_path),
@@ -285,11 +357,130 @@ def _build(trt, onnx_path: Path, engine_path: Path, cache_path: Path, gpu: dict,
             "tf32": tf32_used,
             "timing_cache": cache_path.name if cache_written else None,
             "timing_cache_reused": bool(previous),
-            "optimization_profile": None if profile is None else list(batch_range or (1, 1, 1)),
+            "timing_cache_rejected": cache_rejected,
+            "optimization_profile": None if profile is None else list(batch_range),
             "builder_optimization_level": optimization_level,
+            "version_compatible": options["version_compatible"],
+            "hardware_compatibility": options["hardware_compatible"],
         },
+        # Read by the runtime's compatibility check (runtime/backends/trt.py check_engine_record).
+        "version_compatible": options["version_compatible"],
+        "hardware_compatibility": options["hardware_compatible"],
+        "plugins": plugins,
+        "layers": layers,
+        "trtexec": trtexec_command(onnx_path, engine_path, workspace_gib, inputs, batch_range, optimization_level,
+                                   tf32_used, options, cache_path.name),
         "inputs": inputs,
         "outputs": outputs,
         "build_seconds": round(seconds, 2),
-        "note": "engines are tied to this TensorRT version and GPU model",
+        "note": engine_note(options),
     }
+
+
+def engine_note(options: dict) -> str:
+    version = ("later TensorRT releases of this major version (version-compatible)"
+               if options["version_compatible"] else "this TensorRT version")
+    gpu = {"none": "this GPU model", "ampere+": "any Ampere or newer GPU (hardware-compatible)",
+           "same-cc": "GPUs of this compute capability (hardware-compatible)"}[options["hardware_compatible"]]
+    return f"engines are tied to {version} and {gpu}"
+
+
+def plugin_layers(trt, network) -> list[str]:
+    """Names of the parsed network's plugin layers (none expected: LRFormer's graph uses standard ops)."""
+    kinds = (trt.LayerType.PLUGIN, trt.LayerType.PLUGIN_V2, trt.LayerType.PLUGIN_V3)
+    found = []
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        if layer.type in kinds:
+            found.append(layer.name)
+    return found
+
+
+def layer_report_name(engine_path: Path) -> Path:
+    return engine_path.with_name(f"{engine_path.stem}.layers.json")
+
+
+# Words TensorRT's inspector uses in a tensor's "Format/Datatype" text, per precision.
+_FORMAT_WORDS = (("int8", ("int8",)), ("fp8", ("fp8",)), ("fp16", ("fp16", "half")), ("bf16", ("bf16",)),
+                 ("fp32", ("fp32", "float")), ("int32", ("int32",)), ("int64", ("int64",)), ("bool", ("bool",)),
+                 ("uint8", ("uint8",)))
+
+
+def layer_precision(entry: dict) -> str:
+    """A layer's precision as its first output's format text names it ("unknown" when it names none)."""
+    # (names differ from _build's TensorRT objects: tests/tensorrt_names.py tracks variables by name)
+    produced = entry.get("Outputs") or []
+    text = ""
+    if produced and isinstance(produced[0], dict):
+        text = str(produced[0].get("Format/Datatype", "")).lower()
+    for precision, words in _FORMAT_WORDS:
+        if any(w in text for w in words):
+            return precision
+    return "unknown"
+
+
+def count_layers(report: dict) -> dict:
+    """{"total": n, "by_precision": {precision: n}} from an engine inspector JSON report."""
+    entries = [e for e in report.get("Layers", []) if isinstance(e, dict)]
+    counts: dict[str, int] = {}
+    for e in entries:
+        key = layer_precision(e)
+        counts[key] = counts.get(key, 0) + 1
+    return {"total": len(entries), "by_precision": dict(sorted(counts.items()))}
+
+
+def parse_layer_report(text: str) -> dict:
+    """The inspector's JSON as a {"Layers": [dict, ...]} report (names only when built without DETAILED)."""
+    import json
+
+    try:
+        report = json.loads(text)
+    except ValueError:
+        return {"Layers": []}
+    if not isinstance(report, dict):
+        return {"Layers": []}
+    layers = report.get("Layers") or []
+    report["Layers"] = [layer if isinstance(layer, dict) else {"Name": str(layer)} for layer in layers]
+    return report
+
+
+def write_layer_report(trt, serialized, logger, path: Path) -> dict:
+    """Deserialize the plan, write the engine inspector's JSON layer report to `path`, return its counts.
+
+    What TensorRT actually runs (fused layers, tactics, formats) is only visible here, not in the ONNX.
+    """
+    import json
+
+    runtime = trt.Runtime(logger)
+    engine = runtime.deserialize_cuda_engine(serialized)
+    if engine is None:
+        raise EngineBuildError("TensorRT cannot deserialize the engine it has just built")
+    inspector = engine.create_engine_inspector()
+    report = parse_layer_report(str(inspector.get_engine_information(trt.LayerInformationFormat.JSON)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic.write_text(path, json.dumps(report, indent=1) + "\n")
+    return {"report": path.name, **count_layers(report)}
+
+
+def trtexec_command(onnx_path: Path, engine_path: Path, workspace_gib: float, inputs: list, batch_range,
+                    optimization_level, tf32_used, options: dict, cache_name: str) -> str:
+    """The trtexec command line that builds the same engine (for comparing with NVIDIA's own tool)."""
+    import shlex
+
+    args = ["trtexec", f"--onnx={onnx_path.name}", f"--saveEngine={engine_path.name}", "--stronglyTyped",
+            f"--memPoolSize=workspace:{int(workspace_gib * 1024)}M", f"--timingCacheFile={cache_name}",
+            "--profilingVerbosity=detailed"]
+    if tf32_used is False:
+        args.append("--noTF32")
+    if optimization_level is not None:
+        args.append(f"--builderOptimizationLevel={int(optimization_level)}")
+    if batch_range is not None:
+        for flag, batch in zip(("--minShapes", "--optShapes", "--maxShapes"), batch_range):
+            args.append(flag + "=" + ",".join(f"{t['name']}:{'x'.join(str(d) for d in [batch] + list(t['shape'][1:]))}"
+                                              for t in inputs if any(int(d) < 0 for d in t["shape"])))
+    if options["version_compatible"]:
+        args.append("--versionCompatible")
+    if options["hardware_compatible"] != "none":
+        args.append("--hardwareCompatibilityLevel=" + {"ampere+": "ampere+", "same-cc": "sameComputeCapability"}[
+            options["hardware_compatible"]])
+    return " ".join(shlex.quote(a) for a in args)

@@ -292,14 +292,20 @@ def export_onnx(model: LRFormerSegmentor, out_dir: str | os.PathLike, name: str 
                 max_batch: int | None = None,
                 dataset: DatasetPreset | None = None, variant: str | None = None,
                 verify: bool = True, tolerance: float = 1e-4, checkpoint_sha256: str | None = None,
-                quiet: bool = False, mask_tail: str = "nhwc") -> ExportResult:
+                quiet: bool = False, mask_tail: str = "nhwc", input_dtype: str = "float32",
+                mask_dtype: str = "int32") -> ExportResult:
     """Export `model` at a fixed size and batch; write NAME.onnx and NAME.json into out_dir.
 
     mask_tail ("nchw" | "nhwc", mask head only; see MASK_TAILS): "nchw" for graphs meant for a
     TensorRT engine, "nhwc" for ONNX Runtime on CPUs. The manifest's output.mask_tail records it. A
     dynamic-batch graph keeps the NCHW tail (its Resize sizes are no longer constants to transpose).
     max_batch: export a dynamic batch dim (1..max_batch) instead of `batch`; size and grids stay static.
+    input_dtype "uint8": the graph takes uint8 N x H x W x 3 frames in the manifest's colour order and
+    normalises them itself; mask_dtype "uint8": the mask head returns uint8 class ids (build/uint8.py).
+    Both rewrite the float graph after its check against PyTorch, and the rewritten graph's masks must
+    equal the float graph's on the check image.
     """
+    from lrformer_deploy.build.uint8 import INPUT_DTYPES, MASK_DTYPES
     import onnx
 
     check_export_size(size, batch)
@@ -311,6 +317,13 @@ def export_onnx(model: LRFormerSegmentor, out_dir: str | os.PathLike, name: str 
         raise UserError(f"--head must be one of {', '.join(HEADS)}, not {head!r}")
     if mask_tail not in MASK_TAILS:
         raise UserError(f"mask tail must be one of {', '.join(MASK_TAILS)}, not {mask_tail!r}")
+    if input_dtype not in INPUT_DTYPES:
+        raise UserError(f"--input must be one of {', '.join(INPUT_DTYPES)}, not {input_dtype!r}")
+    if mask_dtype not in MASK_DTYPES:
+        raise UserError(f"--mask-dtype must be one of {', '.join(MASK_DTYPES)}, not {mask_dtype!r}")
+    if mask_dtype == "uint8" and (head != "mask" or model.num_classes > 256):
+        raise UserError("--mask-dtype uint8 needs the mask head and at most 256 classes "
+                        f"(head {head}, {model.num_classes} classes)")
     if opset < MIN_OPSET:
         raise UserError(f"opset {opset} is too old: LayerNormalization needs opset >= {MIN_OPSET}")
     if opset > MAX_OPSET:
@@ -387,11 +400,59 @@ def export_onnx(model: LRFormerSegmentor, out_dir: str | os.PathLike, name: str 
                 raise VerificationFailed(f"ONNX Runtime output differs from PyTorch by "
                                          f"{report['logits_max_abs_diff']:.3g} (> {limit:.3g}); the new graph "
                                          f"is not trustworthy and was not written{where}")
+        if input_dtype != "float32" or mask_dtype != "int32":
+            preset = dataset or _fallback_preset(model.num_classes)
+            check = rewrite_io(tmp, proto, input_dtype, mask_dtype, preset, model.num_classes,
+                               verification_input(size, batch, preset))
+            from lrformer_deploy.build.uint8 import manifest_io
+
+            manifest_io(manifest, input_dtype, mask_dtype)
+            manifest["artifacts"]["onnx"] = dict(mf.artifact_record(tmp, tmp.parent), file=onnx_path.name)
+            manifest.setdefault("verification", {})["io_rewrite"] = check
+            if not check["identical"]:
+                raise VerificationFailed(f"the {input_dtype}-input / {mask_dtype}-mask graph's masks differ from the "
+                                         f"float graph's on {check['differing_pixels']} pixels; not written")
         mf.publish([(tmp, onnx_path)], manifest, manifest_path)
     finally:
         if tmp.exists():
             tmp.unlink()
     return ExportResult(onnx_path, manifest_path, manifest, manifest["export"]["op_counts"], seconds)
+
+
+def rewrite_io(path: Path, proto, input_dtype: str, mask_dtype: str, preset: DatasetPreset, num_classes: int,
+               x: np.ndarray) -> dict:
+    """Rewrite the verified float graph at `path` for uint8 I/O; compare its output with the float graph's
+    under ONNX Runtime on `x` (the float check input, turned back into its uint8 frames)."""
+    import onnx
+    import onnxruntime as ort
+
+    from lrformer_deploy.build.uint8 import frames_as_uint8, uint8_input, uint8_mask
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    float_sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    new = onnx.load(str(path))
+    if input_dtype == "uint8":
+        uint8_input(new, preset.mean, preset.std)
+    if mask_dtype == "uint8":
+        uint8_mask(new, num_classes)
+    onnx.checker.check_model(new)
+    onnx.save(new, str(path))
+    frames = frames_as_uint8(x, preset.mean, preset.std) if input_dtype == "uint8" else x
+    # The float graph sees the uint8 frames through the Preprocessor's own arithmetic.
+    from lrformer_deploy.build.uint8 import normalisation_constants
+
+    scale, offset = normalisation_constants(preset.mean, preset.std)
+    x_float = (frames.astype(np.float32) * scale + offset).transpose(0, 3, 1, 2).copy() if input_dtype == "uint8" else x
+    ref = float_sess.run(None, {float_sess.get_inputs()[0].name: x_float})[0]
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    got = sess.run(None, {sess.get_inputs()[0].name: frames})[0]
+    if got.dtype.kind == "f":
+        differing = int(np.sum(np.abs(got - ref) > 0))
+    else:
+        differing = int(np.sum(got.astype(np.int64) != ref.astype(np.int64)))
+    return {"input_dtype": input_dtype, "mask_dtype": mask_dtype, "compared_with": "the float graph, ONNX Runtime CPU",
+            "frames": int(len(frames)), "differing_pixels": differing, "identical": differing == 0}
 
 
 def _fallback_preset(num_classes: int) -> DatasetPreset:

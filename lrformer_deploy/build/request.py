@@ -195,6 +195,11 @@ def validate(req: BuildRequest) -> None:
         raise UserError(f"engine mode must be one of {', '.join(ENGINE_MODES)}, got {req.engine!r}")
     if not (math.isfinite(req.workspace_gib) and req.workspace_gib > 0):
         raise UserError(f"--workspace must be a positive number of GiB, got {req.workspace_gib}")
+    if req.export_options.get("input_dtype", "float32") != "float32" and req.precisions:
+        raise UserError("--input uint8 is made for the FP32 graph only for now: the FP16/INT8 passes calibrate "
+                        "and check on float frames (export the reduced graphs with float input)")
+    if req.export_options.get("mask_dtype", "int32") != "int32" and req.precisions:
+        raise UserError("--mask-dtype uint8 is made for the FP32 graph only for now (not with --fp16/--int8)")
     if req.engine == "require":
         reason = tensorrt_missing()
         if reason:

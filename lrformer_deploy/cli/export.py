@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from lrformer_deploy.contract import CALIB_METHODS, HEADS, TARGETS
+from lrformer_deploy.contract import CALIB_METHODS, HARDWARE_COMPATIBILITY, HEADS, TARGETS
 from lrformer_deploy.errors import UserError, cli_entry
 from lrformer_deploy.cli.common import OneLineParser, parse_size
 
@@ -33,6 +33,11 @@ def build_parser() -> OneLineParser:
                    help="static batch size (default 1), or dynamic:MAX for a batch dim 1..MAX (Triton batching)")
     g.add_argument("--opset", type=int, default=17, help="ONNX opset, >= 17 (default 17)")
     g.add_argument("--head", choices=HEADS, help="mask: class ids at input size (default); logits: stride-8 scores")
+    g.add_argument("--input", dest="input_dtype", choices=("float32", "uint8"), default="float32",
+                   help="uint8: the graph takes frames as uint8 N x H x W x 3 in the manifest's colour order and "
+                        "casts, normalises and transposes them itself (4x fewer bytes to the model)")
+    g.add_argument("--mask-dtype", choices=("int32", "uint8"), default="int32",
+                   help="uint8: the mask head returns uint8 class ids (at most 256 classes)")
     g.add_argument("--output-dir", default="engines", help="where artifacts go (default engines/)")
     g.add_argument("--name", help="artifact stem (default lrformer-<variant>-<dataset>-<H>x<W>)")
     q = p.add_argument_group("precision (decided in the graph, checked with ONNX Runtime on the CPU)")
@@ -48,6 +53,13 @@ def build_parser() -> OneLineParser:
     e.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=None,
                    help="let TensorRT run FP32 layers in TF32 (Ampere+); default off: FP32 layers, e.g. those "
                         "the FP16 pass kept in FP32, stay true FP32")
+    e.add_argument("--version-compatible", action="store_true",
+                   help="an engine later TensorRT releases of the same major version can run (larger plan)")
+    e.add_argument("--hardware-compatible", choices=HARDWARE_COMPATIBILITY, default="none",
+                   help="ampere+: runs on any Ampere or newer GPU; same-cc: on any GPU of this compute capability "
+                        "(TensorRT >= 10.1); default none: this GPU model (fastest)")
+    e.add_argument("--allow-plugins", action="store_true",
+                   help="accept a network with TensorRT plugin layers (their library must be loaded at run time)")
     ex = e.add_mutually_exclusive_group()
     ex.add_argument("--engine", action="store_true", help="fail unless the engine is built")
     ex.add_argument("--no-engine", action="store_true", help="write ONNX artifacts only")
@@ -91,6 +103,16 @@ def request_from_args(args):
     precisions = tuple(p for p, on in (("fp16", args.fp16), ("int8", args.int8)) if on)
     max_batch = args.batch[1] if isinstance(args.batch, tuple) else None
     export_options, engine_options = {}, {} if args.tf32 is None else {"tf32": args.tf32}
+    # Only options the user changed are passed on, so build_engine's defaults stay in one place.
+    for key, value in (("version_compatible", args.version_compatible),
+                       ("hardware_compatible", args.hardware_compatible if args.hardware_compatible != "none" else None),
+                       ("allow_plugins", args.allow_plugins)):
+        if value:
+            engine_options[key] = value
+    if args.input_dtype != "float32":
+        export_options["input_dtype"] = args.input_dtype
+    if args.mask_dtype != "int32":
+        export_options["mask_dtype"] = args.mask_dtype
     if max_batch is not None:
         if max_batch < 2:
             raise UserError(f"--batch dynamic:MAX needs MAX >= 2, got {max_batch}")

@@ -177,7 +177,8 @@ class LrformerSeg(GstBase.BaseTransform):
         self._rt = {
             "np": np, "cv2": cv2, "overlay": overlay,
             "pre": {"BGR": seg.preprocessor,
-                    "RGB": Preprocessor(seg.spec.input_size, seg.spec.mean, seg.spec.std, flipped, p["resize"])},
+                    "RGB": Preprocessor(seg.spec.input_size, seg.spec.mean, seg.spec.std, flipped, p["resize"],
+                                        seg.spec.input_dtype)},
             "lut": {"BGR": lut_bgr, "RGB": np.ascontiguousarray(lut_bgr[:, ::-1])},
         }
         self._seg = seg

@@ -50,12 +50,31 @@ def _graph_size(fp32_onnx: Path) -> tuple[int, int]:
     return graph_size(onnx.load(str(fp32_onnx), load_external_data=False), fp32_onnx.name)
 
 
-def _synthetic_frames(count: int, size, mean, std) -> np.ndarray:
+def _synthetic_frames(count: int, size, mean, std, start: int = 0) -> np.ndarray:
     from lrformer_deploy.data.synthetic import generate_scene
 
     prep = preprocessor(size, mean, std)
     return np.stack([prep(generate_scene(1000 + i, (max(size[0], 32), max(size[1], 32)))[0])
-                     for i in range(count)])
+                     for i in range(start, start + count)])
+
+
+def held_back_frames(calib, calib_count: int, check_count: int, size, mean=IMAGENET_MEAN,
+                     std=IMAGENET_STD) -> tuple[np.ndarray, dict]:
+    """(frames, description) the accuracy checks run on: frames of `calib` its calibration did not use
+    (or the synthetic scenes after the calibration ones without `calib`). The reduced graphs' check and
+    the engine's verification before publishing use this one selection."""
+    if calib is None:
+        frames = _synthetic_frames(check_count, size, mean, std, start=calib_count)
+        return frames, {"source": "synthetic procedural scenes (no --calib given)", "calibration_frames": calib_count,
+                        "check_frames": check_count, "check_held_back": True}
+    held_back = True
+    try:
+        frames = load_calibration_frames(calib, check_count, size, mean, std, holdout_of=calib_count)
+    except UserError:  # too few frames to hold any back
+        held_back = False
+        frames = load_calibration_frames(calib, min(check_count, calib_count), size, mean, std)
+    return frames, {"source": str(calib), "calibration_frames": calib_count, "check_frames": int(len(frames)),
+                    "check_held_back": held_back}
 
 
 def make_precision_graph(
@@ -94,20 +113,10 @@ def make_precision_graph(
     if calib is None:
         if precision == "int8":
             raise UserError("INT8 needs calibration data: pass --calib with a folder of images or a video.")
-        frames = _synthetic_frames(calib_count + check_count, size, mean, std)
-        calib_frames, check_frames = frames[:calib_count], frames[calib_count:]
-        data = {"source": "synthetic procedural scenes (no --calib given)", "calibration_frames": calib_count,
-                "check_frames": check_count, "check_held_back": True}
+        calib_frames = _synthetic_frames(calib_count, size, mean, std)
     else:
         calib_frames = None if precision == "int8" else iter_calibration_frames(calib, calib_count, size, mean, std)
-        held_back = True
-        try:
-            check_frames = load_calibration_frames(calib, check_count, size, mean, std, holdout_of=calib_count)
-        except UserError:  # too few frames to hold any back
-            held_back = False
-            check_frames = load_calibration_frames(calib, min(check_count, calib_count), size, mean, std)
-        data = {"source": str(calib), "calibration_frames": calib_count, "check_frames": int(len(check_frames)),
-                "check_held_back": held_back}
+    check_frames, data = held_back_frames(calib, calib_count, check_count, size, mean, std)
 
     if precision == "fp16":
         count = count_calibration_frames(calib, calib_count) if calib is not None else len(calib_frames)

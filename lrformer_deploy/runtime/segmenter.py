@@ -63,7 +63,7 @@ class Segmenter:
 
     Thread safety: calls may come from several threads. ONNX Runtime sessions run concurrently;
     TensorRT and torch runners are serialised by an internal lock (for parallel GPU work, create one
-    Segmenter per thread: each gets its own execution context).
+    Segmenter per thread: each gets its own execution context, and they share one deserialized engine).
     """
 
     def __init__(
@@ -94,7 +94,7 @@ class Segmenter:
         self.runner: Runner = runner
         self.spec: ModelSpec = self._check_io(spec, runner, resolved.path)
         self.preprocessor = Preprocessor(self.spec.input_size, self.spec.mean, self.spec.std,
-                                         self.spec.color_order, resize)
+                                         self.spec.color_order, resize, self.spec.input_dtype)
         self.postprocessor = Postprocessor(self.spec.output_kind, self.spec.num_classes)
         self.resize = resize
         self._lock = nullcontext() if runner.thread_safe else threading.Lock()
@@ -141,7 +141,8 @@ class Segmenter:
         return masks
 
     def infer(self, tensor: Any) -> np.ndarray:
-        """Raw model output for a preprocessed N x 3 x H x W batch (N = the model's batch size)."""
+        """Raw model output for a preprocessed N x 3 x H x W batch (N = the model's batch size; N x H x W x 3
+        uint8 frames for a uint8-input model: spec.input_dtype)."""
         with self._lock:
             out = self.runner.infer({self.spec.input_name: tensor})
         return out[self.spec.output_name]
@@ -189,6 +190,13 @@ class Segmenter:
                 raise UserError(f"no TensorRT engine recorded for {resolved.path.name}; build one with lrformer-export "
                                 "--engine, or use --backend onnxruntime --device tensorrt (ONNX Runtime's TensorRT provider)")
             return self._trt_runner(engine, spec, device), spec
+        verified = bool(((spec.engine_record if spec else None) or {}).get("verification", {}).get("passed"))
+        if (backend == "auto" and engine is not None and engine.is_file() and not verified and onnx is not None
+                and tensorrt_missing("run") is None):
+            # Engines from before verification-before-publish (or built by hand): only on request.
+            print(f"warning: {engine.name} has no passed verification against ONNX Runtime in its manifest; "
+                  "running the ONNX graph (--backend tensorrt runs the engine anyway, or rebuild it)", file=sys.stderr)
+            engine = None
         if backend == "auto" and engine is not None and engine.is_file() and tensorrt_missing("run") is None:
             runner = self._trt_runner(engine, spec, device)
             try:
@@ -265,8 +273,9 @@ class Segmenter:
                             f"(it has {', '.join(out_names)})")
         got = tuple(in_names[spec.input_name])
         static = all(isinstance(d, int) and d > 0 for d in got)
-        if static and got != tuple(spec.input_shape):
-            raise UserError(f"{path.name}: the model input is {list(got)} but its manifest says {list(spec.input_shape)}")
+        if static and got != tuple(spec.model_input_shape):
+            raise UserError(f"{path.name}: the model input is {list(got)} but its manifest says "
+                            f"{list(spec.model_input_shape)}")
         return spec
 
 

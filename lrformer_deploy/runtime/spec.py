@@ -28,7 +28,7 @@ CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt")
 class ModelSpec:
     name: str
     input_name: str
-    input_shape: tuple[int, int, int, int]  # N, 3, H, W (static)
+    input_shape: tuple[int, int, int, int]  # N, 3, H, W (static; logical, whatever the graph's layout)
     output_name: str
     output_kind: str  # "mask" (class ids at input size) or "logits" (N x C x H/s x W/s)
     num_classes: int
@@ -44,6 +44,14 @@ class ModelSpec:
     dynamic_batch: bool = False  # graph batch dim is symbolic: input_shape[0] is its maximum
     manifest_path: Path | None = None
     manifest: dict[str, Any] = field(default_factory=dict)
+    input_dtype: str = "float32"  # "uint8": the graph takes raw frames and normalises them itself
+    input_layout: str = "NCHW"  # "NHWC" for a uint8-input graph
+
+    @property
+    def model_input_shape(self) -> tuple[int, ...]:
+        """The input's shape as the graph declares it (N, H, W, 3 for NHWC)."""
+        n, c, h, w = self.input_shape
+        return (n, h, w, c) if self.input_layout == "NHWC" else self.input_shape
 
     @property
     def batch(self) -> int:
@@ -71,8 +79,15 @@ def spec_from_manifest(manifest: dict[str, Any], manifest_path: Path) -> ModelSp
         if dynamic_batch:
             shape[0] = (inp.get("batch_range") or [1, 1])[-1]
         input_shape = _shape(shape, manifest_path, "input.shape")
+        layout = str(inp.get("layout", "NCHW")).upper()
+        input_dtype = str(inp.get("dtype", "float32")).lower()
+        if (layout, input_dtype) not in (("NCHW", "float32"), ("NHWC", "uint8")):
+            raise UserError(f"{manifest_path}: input must be float32 NCHW or uint8 NHWC, got {input_dtype} {layout}")
+        if layout == "NHWC" and len(input_shape) == 4:
+            input_shape = (input_shape[0], input_shape[3], input_shape[1], input_shape[2])
         if len(input_shape) != 4 or input_shape[1] != 3:
-            raise UserError(f"{manifest_path}: input.shape must be [N, 3, H, W], got {list(input_shape)}")
+            raise UserError(f"{manifest_path}: input.shape must be [N, 3, H, W] (or [N, H, W, 3] for uint8 NHWC), "
+                            f"got {list(inp['shape'])}")
         kind = out.get("kind", "mask")
         if kind not in ("mask", "logits"):
             raise UserError(f"{manifest_path}: output.kind must be \"mask\" or \"logits\", got {kind!r}")
@@ -103,6 +118,8 @@ def spec_from_manifest(manifest: dict[str, Any], manifest_path: Path) -> ModelSp
             dynamic_batch=dynamic_batch,
             manifest_path=manifest_path,
             manifest=manifest,
+            input_dtype=input_dtype,
+            input_layout=layout,
         )
     except UserError:
         raise
@@ -194,6 +211,12 @@ def resolve_model(model: str | Path) -> ResolvedModel:
         spec = None
         if manifest_path is not None:
             spec = spec_from_manifest(load_manifest(manifest_path), manifest_path)
+            if kind == "engine" and spec.engine_record is None:
+                # An engine beside a manifest that records none is left over from an earlier export (a
+                # re-export without the engine step): its classes and graph may no longer match.
+                raise UserError(f"{path.name} is not recorded in its manifest {manifest_path.name} (it is left over "
+                                "from an earlier export): build the engine again (lrformer-export ... --engine) "
+                                "or run the .onnx")
             # The file the user named wins over the manifest's record (e.g. a renamed copy).
             spec = replace(spec, onnx_path=path) if kind == "onnx" else replace(spec, engine_path=path)
         return ResolvedModel(path=path, kind=kind, spec=spec)

@@ -238,6 +238,12 @@ def write_repository(manifest_path: Path, out_dir: Path, name: str | None = None
     return Repository(out_dir, [name, frames], plan)
 
 
+def _input_words(spec) -> str:
+    if spec.input_dtype == "uint8":
+        return f"uint8 {list(spec.model_input_shape)} {spec.color_order} frames (the graph normalises them)"
+    return f"float32 {list(spec.input_shape)} normalised {spec.color_order} NCHW"
+
+
 def repository_readme(name: str, spec, plan: bool) -> str:
     frames = f"{name}{FRAMES_SUFFIX}"
     h, w = spec.input_size
@@ -247,7 +253,7 @@ Written by lrformer-deploy (`lrformer-triton` / `lrformer-export --triton`). Two
 
 | model | what | tensors |
 |---|---|---|
-| `{name}` | the graph itself{' (ONNX; TensorRT plan in `configs/gpu.pbtxt`)' if plan else ' (ONNX)'} | `{spec.input_name}` float32 {list(spec.input_shape)} normalised {spec.color_order} NCHW -> `{spec.output_name}` ({spec.output_kind}) |
+| `{name}` | the graph itself{' (ONNX; TensorRT plan in `configs/gpu.pbtxt`)' if plan else ' (ONNX)'} | `{spec.input_name}` {_input_words(spec)} -> `{spec.output_name}` ({spec.output_kind}) |
 | `{frames}` | camera frames in, masks out (Python backend running lrformer-deploy's runtime) | `{FRAME_INPUT}` uint8 [N, H, W, 3] BGR of any size, or `{ENCODED_INPUT}` JPEG/PNG bytes [N, 1] -> `{MASK_OUTPUT}` uint8 [N, H, W] class ids at the frame size |
 
 `{frames}`'s config carries the class names and palette (parameters `class_names`, `palette`, JSON), so

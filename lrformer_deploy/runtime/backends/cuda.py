@@ -49,6 +49,14 @@ class CudaDriver:
         lib.cuEventDestroy_v2(event)  # released once the wait has been satisfied
 
     @classmethod
+    def memcpy_dtod(cls, dst: int, src: int, nbytes: int, stream: int) -> None:
+        """Device-to-device copy ordered on the raw stream handle `stream`."""
+        rc = cls.lib().cuMemcpyDtoDAsync_v2(ctypes.c_uint64(dst), ctypes.c_uint64(src), ctypes.c_size_t(nbytes),
+                                            ctypes.c_void_p(stream))
+        if rc != 0:
+            raise RuntimeError(f"cuMemcpyDtoDAsync failed with CUDA error {rc}")
+
+    @classmethod
     def stream_synchronize(cls, handle: int) -> None:
         rc = cls.lib().cuStreamSynchronize(ctypes.c_void_p(handle))
         if rc != 0:
@@ -110,6 +118,9 @@ class PycudaMemory:
     def sync_handle(self, handle: int) -> None:
         CudaDriver.stream_synchronize(handle)
 
+    def dtod(self, dst: int, src: int, nbytes: int, handle: int) -> None:
+        CudaDriver.memcpy_dtod(dst, src, nbytes, handle)
+
     def release(self) -> None:
         for buf in self._keep:
             buf.free()
@@ -129,15 +140,19 @@ class TorchMemory:
         self.torch = torch
         self.device = torch.device("cuda", device_id)
         self._keep: list[Any] = []
+        self._previous: list[int] = []
 
     def gpu(self) -> tuple[str, tuple[int, int]]:
         return self.torch.cuda.get_device_name(self.device), tuple(self.torch.cuda.get_device_capability(self.device))
 
     def push(self) -> None:
+        # Like a pycuda context push/pop: the caller's current device is restored by pop().
+        self._previous.append(self.torch.cuda.current_device())
         self.torch.cuda.set_device(self.device)
 
     def pop(self) -> None:
-        pass
+        if self._previous:
+            self.torch.cuda.set_device(self._previous.pop())
 
     def alloc(self, nbytes: int) -> int:
         buf = self.torch.empty(max(1, nbytes), dtype=self.torch.uint8, device=self.device)
@@ -181,6 +196,9 @@ class TorchMemory:
 
     def sync_handle(self, handle: int) -> None:
         self.torch.cuda.ExternalStream(handle, device=self.device).synchronize()
+
+    def dtod(self, dst: int, src: int, nbytes: int, handle: int) -> None:
+        CudaDriver.memcpy_dtod(dst, src, nbytes, handle)
 
     def release(self) -> None:
         self._keep.clear()
@@ -262,8 +280,6 @@ def device_pointer(value: Any, dtype: np.dtype, shape: tuple[int, ...],
             step *= dim
         if tuple(strides) != tuple(reversed(dense)):
             raise UserError("GPU inputs must be C-contiguous")
-    ptr = int(iface["data"][0])
-    if ptr % ADDRESS_ALIGNMENT:
-        raise UserError(f"GPU input at address {ptr:#x} is not {ADDRESS_ALIGNMENT}-byte aligned, which TensorRT "
-                        "requires; pass a tensor that owns its memory (e.g. .contiguous().clone()), not an offset view")
-    return ptr, got_shape, producer_stream(value, iface)
+    # A pointer that is not ADDRESS_ALIGNMENT-aligned (an offset view) is returned as it is: the runner
+    # copies it into its own aligned buffer instead of binding it.
+    return int(iface["data"][0]), got_shape, producer_stream(value, iface)

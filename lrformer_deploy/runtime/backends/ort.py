@@ -21,11 +21,33 @@ def available_providers() -> list[str]:
     return list(ort.get_available_providers())
 
 
-def providers_for_device(device: str | None) -> list[Any]:
+def tensorrt_ep_options(device_id: int, graph: str | Path | None) -> dict[str, Any]:
+    """The TensorRT execution provider's options: engine and timing caches on, in a folder per graph
+    (content hash) in the user's cache, so a session start after the first does not rebuild the engine.
+
+    Option names are ONNX Runtime's documented TensorRT EP provider options (trt_engine_cache_enable,
+    trt_engine_cache_path, trt_timing_cache_enable, trt_timing_cache_path); the EP itself keys each
+    cached engine by GPU and TensorRT version, and rebuilds when they change.
+    """
+    options: dict[str, Any] = {"device_id": device_id}
+    if graph is None:
+        return options
+    from lrformer_deploy.cache import cache_dir, cached_sha256
+
+    graph = Path(graph)
+    folder = cache_dir() / "ort-tensorrt" / f"{graph.stem}-{cached_sha256(graph)[:16]}"
+    folder.mkdir(parents=True, exist_ok=True)
+    options.update(trt_engine_cache_enable="True", trt_engine_cache_path=str(folder),
+                   trt_timing_cache_enable="True", trt_timing_cache_path=str(folder))
+    return options
+
+
+def providers_for_device(device: str | None, graph: str | Path | None = None) -> list[Any]:
     """Provider list for a device string: None/"auto", "cpu", "cuda[:N]" or "tensorrt[:N]" (the TRT EP).
 
     "auto" takes CUDA when the installed onnxruntime offers it, else CPU. The TensorRT EP is never
-    picked automatically: it builds an engine at session start, which takes minutes the first time.
+    picked automatically: it builds an engine at session start, which takes minutes the first time;
+    with `graph` its engine and timing caches are kept (tensorrt_ep_options) so that happens once.
     """
     have = available_providers()
     dev = (device or "auto").lower()
@@ -44,7 +66,7 @@ def providers_for_device(device: str | None) -> list[Any]:
         if TENSORRT_EP not in have:
             raise UserError(f"device {device!r} needs onnxruntime with the TensorRT execution provider "
                             f"(installed build offers: {', '.join(have)})")
-        chain: list[Any] = [(TENSORRT_EP, {"device_id": device_id})]
+        chain: list[Any] = [(TENSORRT_EP, tensorrt_ep_options(device_id, graph))]
         if CUDA in have:
             chain.append((CUDA, {"device_id": device_id}))
         return chain + [CPU]
@@ -90,7 +112,7 @@ class OnnxRuntimeRunner(Runner):
     def _activate(self) -> None:
         import onnxruntime as ort
 
-        providers = self._providers or providers_for_device(self.device)
+        providers = self._providers or providers_for_device(self.device, self.onnx_path)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         threads = self.intra_op_threads or int(os.environ.get("LRFORMER_ORT_THREADS", "0") or 0)

@@ -10,8 +10,9 @@ TensorRT's own runtime API use) or, when pycuda is missing, torch.cuda. Inputs a
 `__cuda_array_interface__`, or CUDA DLPack capsules via torch/cupy) are bound directly, no copy; the
 engine's stream first waits for the stream that produced them (the interface's v3 `stream` field;
 torch's current stream for torch tensors, which export v2; the legacy default stream otherwise), as
-the CUDA Array Interface asks consumers to do. Their pointers must be 256-byte aligned (TensorRT's
-rule; `set_tensor_address` keeps the old address when refusing one, so a refusal is an error here).
+the CUDA Array Interface asks consumers to do. TensorRT binds only 256-byte aligned addresses
+(`set_tensor_address` keeps the old address when refusing one, so a refusal is an error here); an
+offset view that is not aligned is copied on the GPU into the runner's own buffer instead.
 A caller's CUDA stream may be passed as an int handle, a pycuda Stream or a torch.cuda.Stream. Every
 stream the runner creates is created once, in `activate()`, inside the device's context (a pycuda
 Stream needs a current context).
@@ -27,6 +28,7 @@ here against the real bindings' symbol tables; samples/gpu_check.py runs it on a
 from __future__ import annotations
 
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +76,10 @@ def check_engine_record(record: dict[str, Any] | None, trt_version: str, gpu_nam
     built_trt = record.get("tensorrt") or record.get("tensorrt_version")
     if built_trt:
         built, running = _version_tuple(built_trt), _version_tuple(trt_version)
-        same = built == running if not record.get("version_compatible") else built[0] == running[0]
+        # A version-compatible engine runs on the same or a LATER release of the same major version,
+        # never on an older one (TensorRT's forward-compatibility rule).
+        same = (built == running if not record.get("version_compatible")
+                else built[0] == running[0] and running >= built)
         if not same:
             raise UserError(f"engine was built with TensorRT {built_trt} but TensorRT {trt_version} is installed; "
                             "rebuild it on this machine (lrformer-export ... --engine) or install the matching TensorRT")
@@ -89,10 +94,52 @@ def check_engine_record(record: dict[str, Any] | None, trt_version: str, gpu_nam
         if built_gpu and gpu_name and str(built_gpu) != str(gpu_name):
             warnings.append(f"engine was built on {built_gpu}, running on {gpu_name}: it loads, but the kernels "
                             "were tuned for the other GPU; rebuild for best speed")
+    elif hw_compat == "same-cc":
+        if built_cc and compute_capability and built_cc != tuple(compute_capability):
+            raise UserError(f"engine was built for GPUs of compute capability {built_cc[0]}.{built_cc[1]} "
+                            f"(same-cc); this GPU is {gpu_name} ({compute_capability[0]}.{compute_capability[1]})")
     elif compute_capability and tuple(compute_capability) < (8, 0):
         raise UserError(f"engine was built hardware-compatible ({hw_compat}), which needs an Ampere or newer GPU; "
                         f"this GPU is {gpu_name}")
     return warnings
+
+
+class SharedEngines:
+    """One deserialized engine per (file, device), shared by every runner that loads it.
+
+    Each runner (one per Segmenter, e.g. one per thread) gets its own execution context, streams and
+    buffers from the shared ICudaEngine, which TensorRT allows (an engine is thread-safe, a context is
+    not); the weights are on the GPU once instead of once per runner. The engine is dropped when the
+    last runner releases it.
+    """
+
+    _lock = threading.Lock()
+    _entries: dict[tuple, list] = {}  # key -> [runtime, engine, users, logger]
+
+    @classmethod
+    def key(cls, path: Path, device_id: int) -> tuple:
+        st = path.stat()
+        return (str(path.resolve()), st.st_size, st.st_mtime_ns, device_id)
+
+    @classmethod
+    def acquire(cls, key: tuple, load) -> tuple[Any, Any]:
+        """(runtime, engine) for `key`; `load()` -> (runtime, engine, logger) deserializes it, once, under the lock."""
+        with cls._lock:
+            entry = cls._entries.get(key)
+            if entry is None:
+                runtime, engine, logger = load()  # the logger must outlive the runtime
+                entry = cls._entries[key] = [runtime, engine, 0, logger]
+            entry[2] += 1
+            return entry[0], entry[1]
+
+    @classmethod
+    def release(cls, key: tuple) -> None:
+        with cls._lock:
+            entry = cls._entries.get(key)
+            if entry is not None:
+                entry[2] -= 1
+                if entry[2] <= 0:
+                    del cls._entries[key]
 
 
 def _import_tensorrt():
@@ -128,19 +175,20 @@ class TensorRTRunner(Runner):
         for warning in check_engine_record(self.engine_record, trt.__version__, gpu_name, cc):
             print(f"warning: {warning}", file=sys.stderr)
         self.mem.push()
+        self._engine_key = None
         try:
-            self._logger = trt.Logger(trt.Logger.ERROR)
-            self._runtime = trt.Runtime(self._logger)
-            engine = self._runtime.deserialize_cuda_engine(self.engine_path.read_bytes())
-            if engine is None:
-                raise UserError(f"TensorRT {trt.__version__} could not load {self.engine_path.name} on {gpu_name}: "
-                                "it was probably built by another TensorRT version or for another GPU; rebuild it here")
+            key = SharedEngines.key(self.engine_path, self.device_id)
+            self._runtime, engine = SharedEngines.acquire(key, lambda: self._load(trt, gpu_name))
+            self._engine_key = key
             self.engine = engine
             self.context = engine.create_execution_context()
             if self.context is None:
                 raise UserError(f"TensorRT could not create an execution context for {self.engine_path.name} "
                                 "(out of GPU memory?)")
             self.inputs: dict[str, tuple[tuple[int, ...], np.dtype, int]] = {}
+            # Pinned (page-locked) host staging per input: an asynchronous copy from pageable memory
+            # would be staged and serialised by the driver.
+            self._staging: dict[str, np.ndarray] = {}
             self.outputs: dict[str, tuple[tuple[int, ...], np.dtype, int, np.ndarray]] = {}
             names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
             is_input = {n: engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT for n in names}
@@ -159,6 +207,7 @@ class TensorRTRunner(Runner):
                 ptr = self.mem.alloc(int(np.prod(shape)) * dtype.itemsize)
                 self._bind(name, ptr)
                 self.inputs[name] = (shape, dtype, ptr)
+                self._staging[name] = self.mem.pinned(shape, dtype)
             for name in (n for n in names if not is_input[n]):
                 # With every input shape set, the context knows the (largest) output shapes.
                 shape = tuple(int(d) for d in self.context.get_tensor_shape(name))
@@ -172,15 +221,37 @@ class TensorRTRunner(Runner):
             self._own_copies = copy_stream is None
             # The caller's stream cannot carry our copies: copy on a private stream, synchronised on both sides.
             self._copy_stream = self.mem.new_stream() if self._own_copies else copy_stream
+        except BaseException:
+            self._release_engine()
+            raise
         finally:
             self.mem.pop()
         self.name = f"tensorrt[{gpu_name}]"
 
+    def _load(self, trt, gpu_name: str) -> tuple[Any, Any, Any]:
+        logger = trt.Logger(trt.Logger.ERROR)
+        runtime = trt.Runtime(logger)
+        if (self.engine_record or {}).get("version_compatible"):
+            # A version-compatible plan carries its own lean runtime, which TensorRT only runs when
+            # host code in engines is allowed (set before deserializing).
+            runtime.engine_host_code_allowed = True
+        engine = runtime.deserialize_cuda_engine(self.engine_path.read_bytes())
+        if engine is None:
+            raise UserError(f"TensorRT {trt.__version__} could not load {self.engine_path.name} on {gpu_name}: "
+                            "it was probably built by another TensorRT version or for another GPU; rebuild it here")
+        return runtime, engine, logger
+
+    def _release_engine(self) -> None:
+        self.context = None
+        self.engine = None
+        if getattr(self, "_engine_key", None) is not None:
+            SharedEngines.release(self._engine_key)
+            self._engine_key = None
+
     def _deactivate(self) -> None:
         self.mem.push()
         try:
-            self.context = None
-            self.engine = None
+            self._release_engine()
             self.mem.release()
         finally:
             self.mem.pop()
@@ -217,7 +288,7 @@ class TensorRTRunner(Runner):
         handle, copy_stream, own_copies = self._stream_handle, self._copy_stream, self._own_copies
         self.mem.push()
         try:
-            producers = []
+            producers, device_copies = [], []
             for name, (shape, dtype, ptr) in self.inputs.items():
                 value = feed[name]
                 on_gpu = cuda.device_pointer(value, dtype, shape, self.dynamic)
@@ -225,21 +296,31 @@ class TensorRTRunner(Runner):
                     gpu_ptr, gpu_shape, producer = on_gpu
                     if self.dynamic:  # else the previous call's shape would stay in effect
                         self._set_shape(name, gpu_shape)
-                    self._bind(name, gpu_ptr)
+                    if gpu_ptr % ADDRESS_ALIGNMENT:
+                        # TensorRT binds only aligned addresses: an offset view is copied on the GPU into
+                        # our own (aligned) buffer, on the engine's stream after its producer.
+                        self._bind(name, ptr)
+                        device_copies.append((ptr, gpu_ptr, int(np.prod(gpu_shape)) * dtype.itemsize))
+                    else:
+                        self._bind(name, gpu_ptr)
                     if producer is not None and producer != handle:
                         producers.append(producer)
                     continue
-                host = np.ascontiguousarray(value, dtype=dtype)
-                if host.shape != shape:
-                    fits = self.dynamic and host.ndim == len(shape) and all(a <= b for a, b in zip(host.shape, shape))
+                value = np.asarray(value)
+                if value.shape != shape:
+                    fits = self.dynamic and value.ndim == len(shape) and all(a <= b for a, b in zip(value.shape, shape))
                     if not fits:
-                        raise UserError(f"input {name} has shape {host.shape}; the engine wants {shape}")
+                        raise UserError(f"input {name} has shape {value.shape}; the engine wants {shape}")
                 if self.dynamic:
-                    self._set_shape(name, host.shape)
+                    self._set_shape(name, value.shape)
                 self._bind(name, ptr)
+                host = self._staging[name].reshape(-1)[: value.size].reshape(value.shape)
+                np.copyto(host, value, casting="unsafe")
                 self.mem.htod(ptr, host, copy_stream)
             for producer in dict.fromkeys(producers):
                 self.mem.stream_wait(handle, producer)
+            for dst, src, nbytes in device_copies:
+                self.mem.dtod(dst, src, nbytes, handle)
             if own_copies:
                 self.mem.synchronize(copy_stream)
             if not self.context.execute_async_v3(handle):
