@@ -15,7 +15,7 @@ HEADS = ("mask", "logits")  # class ids at the input size, or stride-8 scores
 TARGETS = ("tensorrt", "cpu")  # what a graph is shaped for: a TensorRT engine, or ONNX Runtime on a CPU
 REDUCED_PRECISIONS = ("fp16", "int8")  # graphs derived from the FP32 one
 PRECISIONS = ("fp32", *REDUCED_PRECISIONS)
-BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")  # what runs a graph; "auto" picks the fastest here
+BACKENDS = ("auto", "tensorrt", "onnxruntime", "openvino", "torch")  # what runs a graph; "auto" picks the fastest here
 CALIB_METHODS = ("entropy", "percentile", "minmax")
 ENGINE_MODES = ("auto", "require", "off")  # auto: build where TensorRT + a GPU are; require: fail otherwise
 # Layout of the mask head's Resize -> ArgMax tail: "nchw" for TensorRT (its IResizeLayer resizes the last

@@ -42,7 +42,7 @@ def agreement(a: Any, b: Any) -> float | None:
 
 def tool_versions() -> dict[str, str]:
     versions = {"python": platform.python_version()}
-    for mod in ("numpy", "onnxruntime", "torch"):
+    for mod in ("numpy", "onnxruntime", "openvino", "torch"):
         try:
             versions[mod] = __import__(mod).__version__
         except ImportError:

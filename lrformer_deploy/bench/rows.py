@@ -13,7 +13,7 @@ import numpy as np
 
 from lrformer_deploy.bench.plan import Source, engine_for, reduced_graph
 from lrformer_deploy.errors import UserError
-from lrformer_deploy.runtime.backends import tensorrt_missing
+from lrformer_deploy.runtime.backends import openvino_missing, tensorrt_missing
 from lrformer_deploy.runtime.backends.base import Runner
 
 
@@ -94,6 +94,18 @@ def ort_row(onnx_path: Path, precision: str, device: str, threads: int, note: st
     return Row(f"ort-{precision}", "onnxruntime", precision, dev, runner=runner, note=note).activate()
 
 
+def openvino_row(onnx_path: Path, precision: str, threads: int, note: str = "", device: str = "CPU") -> Row:
+    """OpenVINO through the runtime's own runner, with the inference precision the graph states (f32 for
+    FP32 and Q/DQ INT8 graphs, bf16 for bf16), never OpenVINO's silent CPU default; skipped without it."""
+    reason = openvino_missing()
+    if reason is not None:
+        return Row(f"openvino-{precision}", "openvino", precision, "cpu", skipped=reason)
+    from lrformer_deploy.runtime.backends.openvino import OpenVINORunner
+
+    runner = OpenVINORunner(onnx_path, device=device, precision=precision, threads=threads)
+    return Row(f"openvino-{precision}", "openvino", precision, "cpu", runner=runner, note=note).activate()
+
+
 def tensorrt_row(engine_path: Path, record: dict | None, precision: str, note: str = "") -> Row:
     from lrformer_deploy.runtime.backends.trt import TensorRTRunner
 
@@ -122,9 +134,12 @@ def compare_rows(src: Source, threads: int, calib: str | None, calib_count: int,
                         "a .pth or --variant)")
     rows = [torch_row(src, "cpu", threads, name="torch-eager")]
     rows.append(ort_row(src.onnx_path, "fp32", "cpu", threads, spin=spin))
+    rows.append(openvino_row(src.onnx_path, "fp32", threads))
     for precision in ("fp16", "int8"):
         art, note = reduced_graph(src, precision, calib, calib_count, target="cpu")
         rows.append(ort_row(art.onnx, precision, "cpu", threads, note=note, spin=spin))
+        if precision == "int8":  # OpenVINO runs the same Q/DQ graph with real u8 convolutions
+            rows.append(openvino_row(art.onnx, precision, threads, note=note))
     gpu_reason = gpu_missing()
     if gpu_reason is None:
         rows.append(torch_row(src, "cuda", threads, name="torch-cuda"))
@@ -175,6 +190,15 @@ def single_row(src: Source, backend: str, device: str, precision: str, threads: 
         return row
     if src.onnx_path is None:
         raise UserError(src.no_graph())
+    if backend == "openvino":
+        reason = openvino_missing()
+        if reason is not None:
+            raise UserError(f"cannot run the openvino backend here: {reason}")
+        graph, note = src.onnx_path, ""
+        if precision in ("fp16", "int8"):
+            art, note = reduced_graph(src, precision, calib, calib_count, target="cpu")
+            graph = art.onnx
+        return openvino_row(graph, precision, threads, note=note, device="CPU" if device in ("auto", "cpu") else device)
     if precision == "fp32":
         return ort_row(src.onnx_path, precision, device, threads, spin=spin)
     art, note = reduced_graph(src, precision, calib, calib_count, target="cpu")
