@@ -13,7 +13,10 @@ from lrformer_deploy.errors import UserError
 
 HEADS = ("mask", "logits")  # class ids at the input size, or stride-8 scores
 TARGETS = ("tensorrt", "cpu")  # what a graph is shaped for: a TensorRT engine, or ONNX Runtime on a CPU
-REDUCED_PRECISIONS = ("fp16", "int8")  # graphs derived from the FP32 one
+# Derived from the FP32 graph: fp16 and int8 are graphs of their own; bf16 is the FP32 graph run by OpenVINO
+# with bf16 inference precision on a CPU with AVX512-BF16 or AMX (its manifest names the FP32 graph).
+REDUCED_PRECISIONS = ("fp16", "int8", "bf16")
+CPU_ONLY_PRECISIONS = ("bf16",)  # only with --target cpu
 PRECISIONS = ("fp32", *REDUCED_PRECISIONS)
 BACKENDS = ("auto", "tensorrt", "onnxruntime", "openvino", "torch")  # what runs a graph; "auto" picks the fastest here
 CALIB_METHODS = ("entropy", "percentile", "minmax")

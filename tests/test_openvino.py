@@ -202,3 +202,122 @@ def test_infer_and_bench_cli_run_openvino(tmp_path, shared_video, capsys):
     report = json.loads(capsys.readouterr().out)
     (row,) = report["rows"]
     assert row["backend"] == "openvino" and row["status"] == "ok" and row["median_ms"] > 0
+
+
+# ------------------------------------------------------------------------------------------- bf16
+def test_cpu_flags_are_read_from_cpuinfo_and_bf16_needs_them(tmp_path):
+    from lrformer_deploy import cpus
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: Test CPU\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16\n\n"
+                    "processor\t: 1\nflags\t\t: fpu\n")
+    assert cpus.cpu_flags(info) == {"fpu", "sse2", "avx2", "avx512f", "avx512_bf16"}
+    assert cpus.cpu_flags(tmp_path / "absent") == frozenset()
+    assert cpus.bf16_missing({"avx512_bf16"}) is None and cpus.bf16_missing({"amx_bf16", "amx_tile"}) is None
+    assert "AVX512-BF16" in cpus.bf16_missing({"avx2", "avx512_vnni"})
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--bf16"], "--target cpu"),  # a CPU precision
+    (["--bf16", "--target", "cpu"], "no bf16 instructions"),  # refused on a CPU without AVX512-BF16/AMX
+])
+def test_export_bf16_refusals_are_one_line(tmp_path, monkeypatch, capsys, argv, fragment):
+    from lrformer_deploy import cpus
+    from lrformer_deploy.cli import export
+
+    monkeypatch.setattr(cpus, "cpu_flags", lambda *a: frozenset({"avx2", "avx512_vnni"}))
+    code = export.main(["--variant", "demo", "--size", "64x64", "--no-engine", "--output-dir", str(tmp_path), *argv])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and fragment in err, err
+    assert not list(tmp_path.glob("*.onnx"))  # refused before any export
+
+
+def test_bench_bf16_refused_on_a_cpu_without_it(monkeypatch, capsys, tmp_path):
+    from lrformer_deploy.bench import rows
+    from lrformer_deploy.cli import bench
+
+    monkeypatch.setattr(rows, "bf16_missing", lambda: "this CPU has no bf16 instructions (test)")
+    manifest = toy_with_manifest(tmp_path)
+    assert bench.main(["--model", str(manifest), "--precision", "bf16", "--iterations", "1"]) == 2
+    assert "bf16 refused" in capsys.readouterr().err
+
+
+@needs_openvino
+def test_bf16_artifact_is_checked_on_openvino_and_runs_there(tmp_path, capsys, monkeypatch):
+    from lrformer_deploy import cpus
+    from lrformer_deploy.build import BuildRequest, build
+    from lrformer_deploy.contract import PRECISIONS
+
+    if cpus.bf16_missing() is not None:
+        pytest.skip(f"bf16 cannot run here: {cpus.bf16_missing()}")
+    assert "bf16" in PRECISIONS
+    monkeypatch.setattr(segmenter_module, "_x86", lambda: True)
+    fp32_manifest = toy_with_manifest(tmp_path, head="mask", size=(64, 64))
+    result = build(BuildRequest(graph=fp32_manifest.with_suffix(".onnx"), precisions=("bf16",), check_count=2,
+                                calib_count=1, target="cpu", engine="off", quiet=True))
+    art = result["bf16"]
+    m = json.loads(art.manifest_path.read_text())
+    assert art.manifest_path.name == "toy-mask-bf16.json" and m["precision"] == "bf16" and m["target"] == "cpu"
+    assert m["artifacts"]["onnx"]["file"] == "toy-mask.onnx"  # the FP32 graph itself, no second copy
+    assert not list(tmp_path.glob("*-bf16.onnx"))
+    acc = m["precision_details"]["accuracy"]
+    assert acc["backend"] == "openvino CPU, inference precision bf16"
+    assert 0.99 <= acc["mask_agreement"] <= 1.0 and acc["passed"] and acc["frames"] == 2
+    assert m["precision_details"]["cpu_backends"]["recommended"] == "openvino"
+    seg = Segmenter(art.manifest_path)  # auto: OpenVINO, in bf16, and one line says so
+    assert seg.runner.inference_precision() == "bf16"
+    assert "bf16 artifact" in capsys.readouterr().err
+    ort = Segmenter(art.manifest_path, backend="onnxruntime")
+    assert ort.backend_name.startswith("onnxruntime") and "runs its graph in FP32" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------- int8 on a CPU
+def _int8_cpu(tmp_path, monkeypatch, openvino: bool):
+    import lrformer_deploy.runtime.backends as backends
+    from lrformer_deploy.build import BuildRequest, build
+
+    if not openvino:
+        monkeypatch.setattr(backends, "openvino_missing", lambda: "OpenVINO is not installed (test)")
+    manifest = toy_with_manifest(tmp_path, size=(64, 64))
+    return build(BuildRequest(graph=manifest.with_suffix(".onnx"), precisions=("int8",), synthetic_calibration=True,
+                              calib_count=2, check_count=2, min_agreement=0.0, target="cpu", engine="off",
+                              quiet=True))
+
+
+@needs_openvino
+def test_int8_cpu_manifest_records_the_fast_backend_and_its_accuracy(tmp_path, monkeypatch, capsys):
+    result = _int8_cpu(tmp_path, monkeypatch, openvino=True)
+    m = json.loads(result["int8"].manifest_path.read_text())
+    choice = m["precision_details"]["cpu_backends"]
+    ms = choice["median_ms"]
+    assert set(ms) == {"onnxruntime fp32", "onnxruntime int8", "openvino int8"} and all(v > 0 for v in ms.values())
+    faster = "openvino" if ms["openvino int8"] < ms["onnxruntime int8"] else "onnxruntime"
+    assert choice["recommended"] == faster
+    acc, other = m["precision_details"]["accuracy"], m["precision_details"][
+        "accuracy_onnxruntime" if faster == "openvino" else "accuracy_openvino"]
+    assert acc["backend"].startswith(faster) and other["backend"].startswith(
+        "onnxruntime" if faster == "openvino" else "openvino")
+    monkeypatch.setattr(segmenter_module, "_x86", lambda: True)
+    seg = Segmenter(result["int8"].manifest_path)  # auto follows the export's measurement
+    assert seg.backend_name.startswith(faster)
+
+
+def test_int8_cpu_without_openvino_says_when_int8_is_slower(tmp_path, monkeypatch, capsys):
+    result = _int8_cpu(tmp_path, monkeypatch, openvino=False)
+    choice = json.loads(result["int8"].manifest_path.read_text())["precision_details"]["cpu_backends"]
+    assert choice["recommended"] == "onnxruntime" and "not installed" in choice["openvino"]
+    slower = choice["median_ms"]["onnxruntime int8"] >= choice["median_ms"]["onnxruntime fp32"]
+    assert ("note" in choice) == slower
+    if slower:
+        assert "slower than FP32" in choice["note"] and "openvino" in choice["note"]
+        assert any("slower than FP32" in n for n in result.notes)
+
+
+@needs_openvino
+def test_auto_keeps_onnxruntime_when_the_export_measured_it_faster(tmp_path, monkeypatch):
+    monkeypatch.setattr(segmenter_module, "_x86", lambda: True)
+    manifest = toy_with_manifest(tmp_path, precision="int8")
+    data = json.loads(manifest.read_text())
+    data["precision_details"] = {"cpu_backends": {"recommended": "onnxruntime"}}
+    manifest.write_text(json.dumps(data))
+    assert Segmenter(manifest).backend_name.startswith("onnxruntime")

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from lrformer_deploy.bench.timing import summarize
+from lrformer_deploy.cpus import cpu_name
 
 if TYPE_CHECKING:
     from lrformer_deploy.bench.plan import Source
@@ -50,14 +51,6 @@ def tool_versions() -> dict[str, str]:
     return versions
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def make_report(src: Source, rows: list[Row], compare: bool, threads: int, warmup: int, iterations: int,

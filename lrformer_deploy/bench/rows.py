@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from lrformer_deploy.bench.plan import Source, engine_for, reduced_graph
+from lrformer_deploy.cpus import bf16_missing
 from lrformer_deploy.errors import UserError
 from lrformer_deploy.runtime.backends import openvino_missing, tensorrt_missing
 from lrformer_deploy.runtime.backends.base import Runner
@@ -140,6 +141,9 @@ def compare_rows(src: Source, threads: int, calib: str | None, calib_count: int,
         rows.append(ort_row(art.onnx, precision, "cpu", threads, note=note, spin=spin))
         if precision == "int8":  # OpenVINO runs the same Q/DQ graph with real u8 convolutions
             rows.append(openvino_row(art.onnx, precision, threads, note=note))
+    reason = bf16_missing()
+    rows.append(openvino_row(src.onnx_path, "bf16", threads, note="the FP32 graph, inference precision bf16")
+                if reason is None else Row("openvino-bf16", "openvino", "bf16", "cpu", skipped=reason))
     gpu_reason = gpu_missing()
     if gpu_reason is None:
         rows.append(torch_row(src, "cuda", threads, name="torch-cuda"))
@@ -160,6 +164,13 @@ def compare_rows(src: Source, threads: int, calib: str | None, calib_count: int,
 def single_row(src: Source, backend: str, device: str, precision: str, threads: int, calib: str | None,
                calib_count: int, engine: Path | None, spin: bool = True) -> Row:
     engine = _existing_engine(src, engine)
+    if precision == "bf16":  # a CPU precision that only OpenVINO computes in
+        if backend not in ("auto", "openvino"):
+            raise UserError("--precision bf16 runs on OpenVINO: use --backend openvino (or auto)")
+        reason = bf16_missing()
+        if reason is not None:
+            raise UserError(f"--precision bf16 refused: {reason}")
+        backend = "openvino"
     if backend == "auto":
         # Never a stand-in: without an engine or a graph there is nothing of this model to measure.
         if engine is not None and tensorrt_missing() is None:

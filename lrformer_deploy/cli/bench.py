@@ -26,7 +26,8 @@ def build_parser() -> OneLineParser:
     p.add_argument("--batch", type=int, help="batch size (default 1; an exported graph's batch is fixed)")
     p.add_argument("--backend", default="auto", help="onnxruntime, openvino, torch, tensorrt or auto (default)")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: cuda when available)")
-    p.add_argument("--precision", default="fp32", help="fp32 (default), fp16 or int8 (graphs made on the fly)")
+    p.add_argument("--precision", default="fp32",
+                   help="fp32 (default), fp16 or int8 (graphs made on the fly), bf16 (OpenVINO, CPUs with bf16)")
     p.add_argument("--compare", action="store_true",
                    help="torch eager vs ONNX Runtime FP32/FP16/INT8 and OpenVINO FP32/INT8 (when installed) on one "
                         "input (+ torch CUDA, TensorRT on a GPU)")

@@ -226,7 +226,7 @@ class Segmenter:
             raise UserError(f"model file not found: {onnx}")
         verify_artifact(onnx, spec, "onnx")  # never run a graph its manifest does not vouch for
         precision = graph_precision(spec)
-        if backend == "openvino" or (backend == "auto" and self._auto_openvino(precision, device)):
+        if backend == "openvino" or (backend == "auto" and self._auto_openvino(spec, precision, device)):
             return self._openvino_runner(onnx, precision, device, announce=backend == "auto"), spec
         from lrformer_deploy.runtime.backends.ort import OnnxRuntimeRunner
 
@@ -237,9 +237,12 @@ class Segmenter:
         return OnnxRuntimeRunner(onnx, device=ort_device, intra_op_threads=self._threads), spec
 
     @staticmethod
-    def _auto_openvino(precision: str, device: str | None) -> bool:
-        if not (precision in AUTO_OPENVINO_PRECISIONS and (device or "auto").lower() in ("auto", "cpu")
-                and _x86() and openvino_missing() is None):
+    def _auto_openvino(spec: ModelSpec | None, precision: str, device: str | None) -> bool:
+        # The export's own measurement (precision_details.cpu_backends) decides where it made one.
+        measured = (((spec.manifest if spec else None) or {}).get("precision_details") or {}).get("cpu_backends") or {}
+        wanted = measured.get("recommended") == "openvino" if "recommended" in measured else \
+            precision in AUTO_OPENVINO_PRECISIONS
+        if not (wanted and (device or "auto").lower() in ("auto", "cpu") and _x86() and openvino_missing() is None):
             return False
         if (device or "auto").lower() == "auto":  # ONNX Runtime on CUDA keeps its place before any CPU backend
             from lrformer_deploy.runtime.backends import available_backends
@@ -254,7 +257,7 @@ class Segmenter:
         if reason:
             raise UserError(f"--backend openvino: {reason}")
         if announce:
-            print(f"note: backend auto: OpenVINO runs this {precision} artifact (faster than ONNX Runtime on a "
+            print(f"note: backend auto: OpenVINO runs this {precision} artifact (faster than ONNX Runtime on this "
                   "CPU; --backend onnxruntime to override)", file=sys.stderr)
         return OpenVINORunner(onnx, device=device, precision=precision, threads=self._threads)
 
