@@ -21,9 +21,11 @@ PRECISIONS = ("fp32", *REDUCED_PRECISIONS)
 BACKENDS = ("auto", "tensorrt", "onnxruntime", "openvino", "torch")  # what runs a graph; "auto" picks the fastest here
 CALIB_METHODS = ("entropy", "percentile", "minmax")
 ENGINE_MODES = ("auto", "require", "off")  # auto: build where TensorRT + a GPU are; require: fail otherwise
-# Layout of the mask head's Resize -> ArgMax tail: "nchw" for TensorRT (its IResizeLayer resizes the last
-# dims), "nhwc" for ONNX Runtime on CPUs, which reduces over contiguous classes several times faster.
-MASK_TAILS = ("nchw", "nhwc")
+# Form of the mask head's upsample -> ArgMax tail: "nchw" for TensorRT (its IResizeLayer resizes the last
+# dims); "nhwc", the same Resize channels-last, which ONNX Runtime on CPUs reduces several times faster;
+# "topk" (CPU graphs), bilinear scores for only the few classes that can win per stride-8 cell
+# (build/mask_tail.py), 10-40x cheaper than either on ONNX Runtime and OpenVINO.
+MASK_TAILS = ("nchw", "nhwc", "topk")
 
 MIN_OPSET = 17  # LayerNormalization is one op from opset 17
 # Highest opset the exporter (torch 2.13's dynamo exporter) and ONNX Runtime were seen to produce and run;

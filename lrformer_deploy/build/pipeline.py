@@ -181,9 +181,10 @@ def _fp32(req: BuildRequest, result: BuildResult, steps: _Steps) -> Artifact:
             with steps.step("reused FP32 graph"):
                 return Artifact("fp32", onnx_path, mf.manifest_path_for(onnx_path), m, reused=True)
 
-    # TensorRT resizes the last dims, so its graphs keep the NCHW mask tail; ONNX Runtime on a CPU runs the
-    # NHWC tail faster (samples/bench_mask_tail.py).
-    kwargs = {"mask_tail": "nchw" if req.target == "tensorrt" else "nhwc", **req.export_options}
+    # TensorRT resizes the last dims, so its graphs keep the NCHW mask tail; CPU graphs get the top-K tail,
+    # which costs ONNX Runtime and OpenVINO a few percent of the model instead of half of it
+    # (build/mask_tail.py, samples/bench_mask_tail.py).
+    kwargs = {"mask_tail": "nchw" if req.target == "tensorrt" else "topk", **req.export_options}
     t0 = time.perf_counter()
     with steps.step("FP32 export + check"), _staging(out_dir, name) as stage:
         res = export_onnx(model, stage, name, size=size, batch=req.batch, opset=req.opset, head=head,

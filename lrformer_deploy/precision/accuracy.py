@@ -10,8 +10,8 @@ exposes the stride-8 logits (the input of the final Resize, found by walking bac
 through Cast/Identity nodes) as an extra output of a temporary copy of both graphs. The conversion
 passes keep tensor names, so the same tensor is found in the FP16 and the Q/DQ graph. The error is
 measured there, before the (linear) upsampling, i.e. on exactly what a logits-head export would give.
-The upsampled pre-ArgMax tensor of the reference is also exposed to tell how many disagreeing pixels
-were near-ties in FP32 (top-2 margin below 1% of the logit range): those flip under any rounding.
+The upsampled pre-ArgMax tensor of the reference (for the CPU graphs' top-K tail: the interpolated scores
+of each pixel's candidate classes) is also exposed to tell how many disagreeing pixels were near-ties in FP32 (top-2 margin below 1% of the logit range): those flip under any rounding.
 
 The graph under test runs on ONNX Runtime, or (test_backend="openvino") on OpenVINO's CPU plugin with the
 inference precision it would run with: that is how bf16 (the FP32 graph computed in bf16) is measured.
@@ -73,6 +73,10 @@ def compare_points(model) -> dict:
         return {"head": "logits", "logits": name, "pre_argmax": None, "mask": None}
     if "mask" not in outputs:
         raise UserError(f"graph has neither a 'mask' nor a 'logits' output (outputs: {outputs}).")
+    pad = next((n for n in model.graph.node if n.name == "masktail_pad"), None)
+    if pad is not None:  # the CPU graphs' top-K tail (build/mask_tail.py): candidates' scores, classes on axis 1
+        return {"head": "mask", "logits": pad.input[0], "pre_argmax": "masktail_scores", "mask": "mask",
+                "class_axis": 1}
     _, argmax = _through_casts(producer, "mask")
     if argmax is None or argmax.op_type != "ArgMax":
         raise UserError("the 'mask' output is not produced by an ArgMax: cannot locate the logits to compare.")
