@@ -172,6 +172,13 @@ def test_compare_has_openvino_rows_or_says_why_not(compare_report):
             assert row["status"] == "ok" and row["median_ms"] > 0
     if rows["openvino-fp32"]["status"] == "ok":  # the same FP32 graph: OpenVINO f32 gives torch's masks too
         assert rows["openvino-fp32"]["agreement_vs_torch"] > 0.99
+        assert rows["openvino-fp32"]["agreement_vs_ort_fp32"] >= 0.999
+    assert rows["ort-fp32"]["agreement_vs_ort_fp32"] == 1.0 and rows["ort-fp32"]["speedup_vs_ort_fp32"] == 1.0
+    for row in compare_report["rows"]:
+        if row["status"] == "ok":
+            assert 0.0 <= row["agreement_vs_ort_fp32"] <= 1.0 and row["speedup_vs_ort_fp32"] > 0
+    bf16 = rows["openvino-bf16"]
+    assert bf16["status"] == "ok" or bf16["reason"]
 
 
 def test_compare_runs_the_same_model_on_the_same_input(compare_report):

@@ -321,3 +321,29 @@ def test_auto_keeps_onnxruntime_when_the_export_measured_it_faster(tmp_path, mon
     data["precision_details"] = {"cpu_backends": {"recommended": "onnxruntime"}}
     manifest.write_text(json.dumps(data))
     assert Segmenter(manifest).backend_name.startswith("onnxruntime")
+
+
+# ------------------------------------------------------------------------------------------- Triton
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_triton_repository_has_an_openvino_config_triton_parses(tmp_path, precision):
+    pytest.importorskip("tritonclient.grpc")
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    from lrformer_deploy.cli.triton import main
+
+    manifest = toy_with_manifest(tmp_path, precision=precision, size=(64, 64))
+    assert main([str(manifest), str(tmp_path / "repo"), "--threads", "2", "--backend", "openvino"]) == 0
+    model = tmp_path / "repo" / manifest.stem
+    cfg = text_format.Parse((model / "configs" / "cpu-openvino.pbtxt").read_text(), mc.ModelConfig())
+    assert cfg.backend == "openvino" and cfg.default_model_filename == "model.onnx" and cfg.max_batch_size == 0
+    assert [(t.name, t.data_type, list(t.dims)) for t in cfg.input] == [("image", mc.TYPE_FP32, [1, 3, 64, 64])]
+    assert [(t.name, t.data_type, list(t.dims)) for t in cfg.output] == [("mask", mc.TYPE_INT32, [1, 64, 64])]
+    assert [g.kind for g in cfg.instance_group] == [mc.ModelInstanceGroup.KIND_CPU]
+    params = {k: v.string_value for k, v in cfg.parameters.items()}
+    assert params["PERFORMANCE_HINT"] == "LATENCY" and params["INFERENCE_NUM_THREADS"] == "2"
+    assert ("HINT_BF16" in params) == (precision == "bf16")
+    assert (model / "1" / "model.onnx").read_bytes() == manifest.with_suffix(".onnx").read_bytes()
+    frames = text_format.Parse((tmp_path / "repo" / f"{manifest.stem}_frames" / "config.pbtxt").read_text(),
+                               mc.ModelConfig())
+    assert frames.parameters["backend"].string_value == "openvino"

@@ -57,6 +57,9 @@ def make_report(src: Source, rows: list[Row], compare: bool, threads: int, warmu
             duration: float | None, wall: float, seed: int) -> dict:
     reference = next((r for r in rows if r.name == "torch-eager" and r.skipped is None), None)
     ref_median = float(np.median(reference.latencies_ms)) if reference else None
+    # CPU precisions are judged against the FP32 graph on ONNX Runtime (the same graph torch is exported to)
+    fp32 = next((r for r in rows if r.name == "ort-fp32" and r.skipped is None), None)
+    fp32_median = float(np.median(fp32.latencies_ms)) if fp32 else None
     table = []
     for t in rows:
         row: dict[str, Any] = {"name": t.name, "backend": t.backend, "precision": t.precision, "device": t.device}
@@ -68,6 +71,9 @@ def make_report(src: Source, rows: list[Row], compare: bool, threads: int, warmu
                 row["speedup_vs_torch"] = ref_median / row["median_ms"] if ref_median else None
                 row["agreement_vs_torch"] = (agreement(t.first_output, reference.first_output)
                                              if reference is not None else None)
+                row["speedup_vs_ort_fp32"] = fp32_median / row["median_ms"] if fp32_median else None
+                row["agreement_vs_ort_fp32"] = (agreement(t.first_output, fp32.first_output)
+                                                if fp32 is not None else None)
         if t.note:
             row["note"] = t.note
         table.append(row)
@@ -100,7 +106,7 @@ def format_report(report: dict) -> str:
     compare = report["mode"] == "compare"
     header = f"{'backend':<13} {'prec':<6} {'device':<6} {'median':>9} {'p95':>9} {'mean':>9} {'min':>9} {'img/s':>8}"
     if compare:
-        header += f" {'speedup':>8} {'agree':>7}"
+        header += f" {'speedup':>8} {'agree':>7} {'vs fp32':>8} {'agree':>7}"
     lines += ["", header + "  (latency in ms)", "-" * len(header)]
     for row in report["rows"]:
         head = f"{row['name']:<13} {row['precision']:<6} {row['device']:<6}"
@@ -112,6 +118,8 @@ def format_report(report: dict) -> str:
         if compare:
             sp, ag = row.get("speedup_vs_torch"), row.get("agreement_vs_torch")
             text += f" {(f'{sp:.2f}x' if sp else '-'):>8} {(f'{ag:.4f}' if ag is not None else '-'):>7}"
+            sp, ag = row.get("speedup_vs_ort_fp32"), row.get("agreement_vs_ort_fp32")
+            text += f" {(f'{sp:.2f}x' if sp else '-'):>8} {(f'{ag:.4f}' if ag is not None else '-'):>7}"
         lines.append(text)
     notes = [f"  {row['name']}: {row['note']}" for row in report["rows"] if row.get("note")]
     if notes:
@@ -119,6 +127,7 @@ def format_report(report: dict) -> str:
     if report.get("warning"):
         lines += ["", "warning: " + report["warning"]]
     if report.get("footnote"):
-        lines += ["", "agree = fraction of mask pixels equal to torch-eager's on the same input.",
+        lines += ["", "speedup/agree = vs torch-eager; vs fp32/agree = vs ONNX Runtime running the FP32 graph "
+                      "(fraction of mask pixels equal on the same input).",
                   report["footnote"]]
     return "\n".join(lines)
