@@ -30,7 +30,7 @@ def private_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("CI", "true")  # openvino-telemetry stays off
 
 
-def toy_with_manifest(folder, head="mask", precision="fp32", size=(64, 96), num_classes=6):
+def toy_with_manifest(folder, head="mask", precision="fp32", size=(64, 96), num_classes=6, target="cpu"):
     """The LRFormer-shaped toy graph (Conv, LayerNorm, attention, Resize -> ArgMax) with a manifest."""
     onnx_path = build_toy_segmenter(folder / f"toy-{head}.onnx", size=size, num_classes=num_classes, head=head)
     out_shape = [1, size[0], size[1]] if head == "mask" else [1, num_classes, size[0] // 8, size[1] // 8]
@@ -39,7 +39,7 @@ def toy_with_manifest(folder, head="mask", precision="fp32", size=(64, 96), num_
         "model": {"variant": "toy", "num_classes": num_classes},
         "input": {"name": "image", "shape": [1, 3, *size]},
         "output": {"name": head, "kind": head, "shape": out_shape},
-        "precision": precision, "opset": 17,
+        "precision": precision, "opset": 17, "target": target,
         "artifacts": {"onnx": {"file": onnx_path.name}},
         "created": "2025-01-01T00:00:00Z",
     }
@@ -158,6 +158,10 @@ def test_auto_runs_int8_on_openvino_and_says_so(tmp_path, capsys, monkeypatch):
     fp32 = Segmenter(toy_with_manifest(fp32_dir), backend="auto")
     assert fp32.backend_name.startswith("onnxruntime")  # OpenVINO f32 was not faster here (docs/cpu.md)
     assert capsys.readouterr().err == ""
+    trt_dir = tmp_path / "trt"
+    trt_dir.mkdir()
+    trt_int8 = Segmenter(toy_with_manifest(trt_dir, precision="int8", target="tensorrt"), backend="auto")
+    assert trt_int8.backend_name.startswith("onnxruntime")  # a TensorRT-shaped graph keeps its old CPU path
 
 
 def test_openvino_absent_auto_keeps_onnxruntime_and_explicit_is_one_line(tmp_path, monkeypatch, capsys):

@@ -54,9 +54,10 @@ def default_model_path() -> Path:
         raise UserError(f"no --model given and the demo model is not available ({exc.__class__.__name__}: {exc})") from None
 
 
-# Artifacts `auto` runs on OpenVINO when it is installed (on an x86 CPU, no CUDA device asked for). FP32
-# and FP16 stay on ONNX Runtime: OpenVINO f32 was not faster than ONNX Runtime FP32 on the CPUs measured
-# (docs/cpu.md); its INT8 (real u8 convolutions from our Q/DQ graph) and bf16 were.
+# CPU-target artifacts `auto` runs on OpenVINO when it is installed (an x86 CPU, no CUDA device asked for):
+# its INT8 (real u8 convolutions from our Q/DQ graph) and bf16 were 2-3x ONNX Runtime FP32 (docs/cpu.md).
+# FP32 and FP16 stay on ONNX Runtime: OpenVINO f32 measured 0.98-1.51x, not reliably faster on this shared
+# machine, and its first compile of LRFormer-T takes 6-8 s against ONNX Runtime's 1 s.
 AUTO_OPENVINO_PRECISIONS = ("int8", "bf16")
 
 
@@ -239,9 +240,12 @@ class Segmenter:
     @staticmethod
     def _auto_openvino(spec: ModelSpec | None, precision: str, device: str | None) -> bool:
         # The export's own measurement (precision_details.cpu_backends) decides where it made one.
-        measured = (((spec.manifest if spec else None) or {}).get("precision_details") or {}).get("cpu_backends") or {}
-        wanted = measured.get("recommended") == "openvino" if "recommended" in measured else \
-            precision in AUTO_OPENVINO_PRECISIONS
+        manifest = (spec.manifest if spec else None) or {}
+        measured = (manifest.get("precision_details") or {}).get("cpu_backends") or {}
+        if "recommended" in measured:
+            wanted = measured["recommended"] == "openvino"
+        else:  # graphs shaped for a CPU only: a TensorRT-target INT8 graph keeps its old path
+            wanted = precision in AUTO_OPENVINO_PRECISIONS and manifest.get("target") == "cpu"
         if not (wanted and (device or "auto").lower() in ("auto", "cpu") and _x86() and openvino_missing() is None):
             return False
         if (device or "auto").lower() == "auto":  # ONNX Runtime on CUDA keeps its place before any CPU backend
