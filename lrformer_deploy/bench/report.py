@@ -21,8 +21,9 @@ if TYPE_CHECKING:
 
 FOOTNOTE = ("speedup = torch-eager median / row median (same input, same threads, interleaved rounds). "
             "ONNX Runtime on a CPU has no native FP16 kernels on most processors, so the FP16 graph is "
-            "typically slower than FP32 here; INT8 gains depend on the CPU's VNNI/AVX-512 support. "
-            "The FP16/INT8 graphs are meant for the GPU (TensorRT), where they pay off.")
+            "typically slower than FP32 here; ONNX Runtime keeps most Convs of the INT8 graph in FP32, OpenVINO "
+            "runs it with u8 convolutions (openvino-int8) and bf16 on CPUs with AVX512-BF16/AMX (docs/cpu.md). "
+            "The FP16 graphs are meant for the GPU (TensorRT).")
 
 
 def as_mask(output: Any) -> np.ndarray:
