@@ -351,3 +351,15 @@ def test_triton_repository_has_an_openvino_config_triton_parses(tmp_path, precis
     frames = text_format.Parse((tmp_path / "repo" / f"{manifest.stem}_frames" / "config.pbtxt").read_text(),
                                mc.ModelConfig())
     assert frames.parameters["backend"].string_value == "openvino"
+
+
+@needs_openvino
+def test_eval_cli_runs_openvino(tmp_path, capsys):
+    from lrformer_deploy.cli import eval as eval_cli
+
+    manifest = toy_with_manifest(tmp_path, size=(64, 64))
+    assert eval_cli.main(["--model", str(manifest), "--compare", str(manifest), "--backend", "openvino",
+                          "--limit", "2", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    text = json.dumps(report)
+    assert "openvino[CPU, f32]" in text and "onnxruntime" not in text
