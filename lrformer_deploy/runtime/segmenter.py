@@ -56,8 +56,8 @@ def default_model_path() -> Path:
 
 # CPU-target artifacts `auto` runs on OpenVINO when it is installed (an x86 CPU, no CUDA device asked for):
 # its INT8 (real u8 convolutions from our Q/DQ graph) and bf16 were 2-3x ONNX Runtime FP32 (docs/cpu.md).
-# FP32 and FP16 stay on ONNX Runtime: OpenVINO f32 measured 0.98-1.51x, not reliably faster on this shared
-# machine, and its first compile of LRFormer-T takes 6-8 s against ONNX Runtime's 1 s.
+# FP32 and FP16 stay on ONNX Runtime: OpenVINO f32 measured 0.88-0.94x on a quiet AMD EPYC (0.99-1.51x under
+# load), and its first compile of LRFormer-T takes 6-8 s against ONNX Runtime's 1 s.
 AUTO_OPENVINO_PRECISIONS = ("int8", "bf16")
 
 
