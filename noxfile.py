@@ -2,7 +2,8 @@
 
 Two environments, because the serving stack cannot share one with the rest:
 - `tests`: what a user of the quick start gets (`pip install -e ".[cpu]"`, numpy 2 and OpenCV 5) plus the
-  export and batch extras: runtime, export, precision, engines (fakes and API checks), batch, GStreamer.
+  openvino, export and batch extras: runtime (ONNX Runtime and OpenVINO), export, precision, engines (fakes
+  and API checks), batch, GStreamer.
 - `serve`: what `pip install -e ".[cpu,export,serve]"` gives: PyTriton pins numpy < 2 and so OpenCV 4;
   Triton serving and the exported model repository are tested there.
 
@@ -78,7 +79,7 @@ def versions(session: nox.Session) -> None:
 @nox.session
 def tests(session: nox.Session) -> None:
     """Runtime, export, precision, engines, batch and GStreamer on the quick start's stack (numpy 2)."""
-    install(session, "cpu,export,batch,test")
+    install(session, "cpu,openvino,export,batch,test")
     versions(session)
     env = tensorrt_bindings(session)
     system_gstreamer(session)

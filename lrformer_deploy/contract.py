@@ -13,9 +13,12 @@ from lrformer_deploy.errors import UserError
 
 HEADS = ("mask", "logits")  # class ids at the input size, or stride-8 scores
 TARGETS = ("tensorrt", "cpu")  # what a graph is shaped for: a TensorRT engine, or ONNX Runtime on a CPU
-REDUCED_PRECISIONS = ("fp16", "int8")  # graphs derived from the FP32 one
+# Derived from the FP32 graph: fp16 and int8 are graphs of their own; bf16 is the FP32 graph run by OpenVINO
+# with bf16 inference precision on a CPU with AVX512-BF16 or AMX (its manifest names the FP32 graph).
+REDUCED_PRECISIONS = ("fp16", "int8", "bf16")
+CPU_ONLY_PRECISIONS = ("bf16",)  # only with --target cpu
 PRECISIONS = ("fp32", *REDUCED_PRECISIONS)
-BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")  # what runs a graph; "auto" picks the fastest here
+BACKENDS = ("auto", "tensorrt", "onnxruntime", "openvino", "torch")  # what runs a graph; "auto" picks the fastest here
 CALIB_METHODS = ("entropy", "percentile", "minmax")
 # Frames a container's stated length may exceed the frames decoded by without the input counting as
 # truncated: FFmpeg estimates some containers' counts from duration x fps, which can be one over.
@@ -31,9 +34,11 @@ DEFAULT_RECONNECT_S = 30.0
 ENGINE_MODES = ("auto", "require", "off")  # auto: build where TensorRT + a GPU are; require: fail otherwise
 # TensorRT engine portability: none (this GPU model), ampere+ (any Ampere or newer), same-cc (same compute capability)
 HARDWARE_COMPATIBILITY = ("none", "ampere+", "same-cc")
-# Layout of the mask head's Resize -> ArgMax tail: "nchw" for TensorRT (its IResizeLayer resizes the last
-# dims), "nhwc" for ONNX Runtime on CPUs, which reduces over contiguous classes several times faster.
-MASK_TAILS = ("nchw", "nhwc")
+# Form of the mask head's upsample -> ArgMax tail: "nchw" for TensorRT (its IResizeLayer resizes the last
+# dims); "nhwc", the same Resize channels-last, which ONNX Runtime on CPUs reduces several times faster;
+# "topk" (CPU graphs), bilinear scores for only the few classes that can win per stride-8 cell
+# (build/mask_tail.py), 10-40x cheaper than either on ONNX Runtime and OpenVINO.
+MASK_TAILS = ("nchw", "nhwc", "topk")
 
 MIN_OPSET = 17  # LayerNormalization is one op from opset 17
 # Highest opset the exporter (torch 2.13's dynamo exporter) and ONNX Runtime were seen to produce and run;

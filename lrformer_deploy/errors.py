@@ -12,7 +12,8 @@ class UserError(Exception):
 
 # Optional packages a command may need, and the extra that installs them.
 _EXTRAS = {"torch": "export", "onnx": "export", "onnxscript": "export", "onnxruntime": "cpu] or [gpu",
-           "tensorrt": "tensorrt", "pycuda": "gpu", "jsonschema": "test", "psutil": "export"}
+           "tensorrt": "tensorrt", "pycuda": "gpu", "jsonschema": "test", "psutil": "export",
+           "openvino": "openvino", "pytriton": "serve", "tritonclient": "serve", "ray": "batch"}
 
 # An unpinned `torch` from PyPI pulls several GB of CUDA packages; this pin resolves to a CPU build where
 # the index serves one (the README says how to get PyTorch's CPU build elsewhere).

@@ -3,6 +3,8 @@
     python samples/bench_pipeline.py                       # the demo model on the sample video
     python samples/bench_pipeline.py --model engines/m.onnx --video clip.mp4
     python samples/bench_pipeline.py --synthetic           # a generated conv-stack model (no demo needed)
+    python samples/bench_pipeline.py --run t.json:onnxruntime --run t-int8.json:openvino \
+        --run t-bf16.json:openvino --frames 60             # end-to-end fps per backend/artifact, one table
 
 Prints, for one model on one video:
 - model-only throughput: frames/s of Segmenter.infer on frames preprocessed beforehand,
@@ -11,7 +13,9 @@ Prints, for one model on one video:
 - their ratio (the pipeline's overlap efficiency; the target on CPU with ONNX Runtime is >= 0.9),
 - peak RSS of the pipeline on the first N frames vs the whole video (both subprocesses, ru_maxrss):
   a flat pipeline shows about the same peak for both.
-Not a test: nothing is asserted, numbers depend on the machine.
+With --run MODEL:BACKEND (repeatable) it prints one row per run instead: model-only fps, end-to-end fps
+of `lrformer-infer --backend BACKEND` on the first --frames frames, their ratio, the end-to-end speed
+relative to the first run, and peak RSS. Not a test: nothing is asserted, numbers depend on the machine.
 """
 from __future__ import annotations
 
@@ -123,6 +127,28 @@ def run_pipeline_subprocess(model: str, video: Path, backend: str, device: str |
     return json.loads(summary.read_text()), rss_mib
 
 
+def compare_runs(args) -> int:
+    from lrformer_deploy.cpus import cpu_name
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="lrformer-bench-") as tmp:
+        for i, run in enumerate(args.run):
+            model, _, backend = run.rpartition(":") if ":" in run else (run, "", "auto")
+            model_fps, name = model_only_fps(model, args.video, backend or "auto", args.device, args.model_frames)
+            workdir = Path(tmp) / str(i)
+            workdir.mkdir()
+            full, rss = run_pipeline_subprocess(model, args.video, backend or "auto", args.device, args.frames, workdir)
+            rows.append((Path(model).name, name, model_fps, full["fps"], rss, full["frames"]))
+    print(f"CPU: {cpu_name()} ({os.cpu_count()} cores), video {args.video.name}, load average "
+          f"{os.getloadavg()[0]:.1f}")
+    print(f"{'model':<28} {'backend':<28} {'model fps':>9} {'e2e fps':>8} {'e2e/model':>9} {'e2e vs 1st':>10} "
+          f"{'peak RSS MiB':>12} {'frames':>6}")
+    for model, name, mfps, efps, rss, frames in rows:
+        print(f"{model:<28} {name:<28} {mfps:>9.2f} {efps:>8.2f} {efps / mfps:>9.3f} {efps / rows[0][3]:>10.2f} "
+              f"{rss:>12.0f} {frames:>6}")
+    return 0
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", help="model file (.onnx, .json, .engine); default: the demo model")
@@ -132,9 +158,14 @@ def main() -> int:
     p.add_argument("--device", default=None)
     p.add_argument("--model-frames", type=int, default=100, help="frames for the model-only measurement")
     p.add_argument("--short", type=int, default=50, help="frames of the short run for the RSS comparison")
+    p.add_argument("--run", action="append", metavar="MODEL[:BACKEND]",
+                   help="compare runs: one table row per MODEL:BACKEND (backend default auto), the first is the base")
+    p.add_argument("--frames", type=int, default=None, help="with --run: frames of each end-to-end run")
     args = p.parse_args()
     if not args.video.is_file():
         raise SystemExit(f"video not found: {args.video}")
+    if args.run:
+        return compare_runs(args)
     with tempfile.TemporaryDirectory(prefix="lrformer-bench-") as tmp:
         workdir = Path(tmp)
         if args.synthetic:

@@ -9,6 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+# `import openvino` sends OpenVINO's usage telemetry and writes ~/intel unless it runs "in CI"; tests never do.
+os.environ.setdefault("CI", "true")
+
 REPO = Path(__file__).resolve().parent.parent
 SHARED_VIDEO = Path(os.environ.get("LRFORMER_SHARED_VIDEO", REPO.parent / "shared" / "data" / "car-detection.mp4"))
 

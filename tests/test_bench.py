@@ -159,6 +159,28 @@ def test_compare_rows_and_ratios(compare_report):
     assert [rows[n]["precision"] for n in ("ort-fp32", "ort-fp16", "ort-int8")] == ["fp32", "fp16", "int8"]
 
 
+def test_compare_has_openvino_rows_or_says_why_not(compare_report):
+    import importlib.util
+
+    rows = {r["name"]: r for r in compare_report["rows"]}
+    for name, precision in (("openvino-fp32", "fp32"), ("openvino-int8", "int8")):
+        row = rows[name]
+        assert row["backend"] == "openvino" and row["precision"] == precision
+        if importlib.util.find_spec("openvino") is None:
+            assert row["status"] == "skipped" and "OpenVINO" in row["reason"]
+        else:
+            assert row["status"] == "ok" and row["median_ms"] > 0
+    if rows["openvino-fp32"]["status"] == "ok":  # the same FP32 graph: OpenVINO f32 gives torch's masks too
+        assert rows["openvino-fp32"]["agreement_vs_torch"] > 0.99
+        assert rows["openvino-fp32"]["agreement_vs_ort_fp32"] >= 0.999
+    assert rows["ort-fp32"]["agreement_vs_ort_fp32"] == 1.0 and rows["ort-fp32"]["speedup_vs_ort_fp32"] == 1.0
+    for row in compare_report["rows"]:
+        if row["status"] == "ok":
+            assert 0.0 <= row["agreement_vs_ort_fp32"] <= 1.0 and row["speedup_vs_ort_fp32"] > 0
+    bf16 = rows["openvino-bf16"]
+    assert bf16["status"] == "ok" or bf16["reason"]
+
+
 def test_compare_runs_the_same_model_on_the_same_input(compare_report):
     # Same weights and same input: the FP32 graph must reproduce torch eager's mask almost exactly.
     rows = {r["name"]: r for r in compare_report["rows"]}
@@ -216,7 +238,7 @@ def test_compare_times_torch_cuda_on_a_gpu(work_dir):
     (["--variant", "Q"], "unknown LRFormer variant"),
     (["--variant", "demo", "--size", "64x64", "--iterations", "0"], "--iterations"),
     (["--variant", "demo", "--size", "64x64", "--threads", "0"], "--threads"),
-    (["--variant", "demo", "--size", "64x64", "--backend", "openvino"], "--backend"),
+    (["--variant", "demo", "--size", "64x64", "--backend", "tensorflow"], "--backend"),
     (["--variant", "demo", "--size", "64x64", "--compare", "--backend", "torch"], "--compare"),
     (["--variant", "demo", "--model", "x.onnx"], "not both"),
 ])

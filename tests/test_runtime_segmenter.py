@@ -102,7 +102,7 @@ def test_bad_model_files_are_user_errors(tmp_path, name, content, message):
 def test_backend_choices_are_checked(tiny_model, tmp_path):
     onnx_path = tiny_model()
     with pytest.raises(UserError, match="unknown backend"):
-        Segmenter(onnx_path, backend="openvino")
+        Segmenter(onnx_path, backend="tensorflow")
     with pytest.raises(UserError, match="no TensorRT engine"):
         Segmenter(onnx_path, backend="tensorrt")
     with pytest.raises(UserError, match="--backend torch runs"):

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import os
 import platform
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from lrformer_deploy.bench.timing import summarize
+from lrformer_deploy.cpus import cpu_name
 
 if TYPE_CHECKING:
     from lrformer_deploy.bench.plan import Source
@@ -20,11 +20,13 @@ if TYPE_CHECKING:
 
 FOOTNOTE = ("speedup = torch-eager median / row median (same input, same threads, interleaved rounds). "
             "ONNX Runtime on a CPU has no native FP16 kernels on most processors, so the FP16 graph is "
-            "typically slower than FP32 here; INT8 gains depend on the CPU's VNNI/AVX-512 support. "
-            "The FP16/INT8 graphs are meant for the GPU (TensorRT), where they pay off.")
+            "typically slower than FP32 here; ONNX Runtime keeps most Convs of the INT8 graph in FP32, OpenVINO "
+            "runs it with u8 convolutions (openvino-int8) and bf16 on CPUs with AVX512-BF16/AMX (docs/cpu.md). "
+            "The FP16 graphs are meant for the GPU (TensorRT).")
 
 
-AGREE_NOTE = ("agree(torch) = fraction of mask pixels equal to torch-eager's on this benchmark's input; a note's "
+AGREE_NOTE = ("speedup/agree(torch) = vs torch-eager; vs fp32/agree(fp32) = vs ONNX Runtime running the FP32 graph. "
+              "agree(...) = fraction of mask pixels equal on this benchmark's input; a note's "
               "'build check vs the FP32 graph' is another figure: the reduced graph against the FP32 graph on "
               "frames held out from calibration.")
 
@@ -47,7 +49,7 @@ def agreement(a: Any, b: Any) -> float | None:
 
 def tool_versions() -> dict[str, str]:
     versions = {"python": platform.python_version()}
-    for mod in ("numpy", "onnxruntime", "torch"):
+    for mod in ("numpy", "onnxruntime", "openvino", "torch"):
         try:
             versions[mod] = __import__(mod).__version__
         except ImportError:
@@ -55,20 +57,15 @@ def tool_versions() -> dict[str, str]:
     return versions
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def make_report(src: Source, rows: list[Row], compare: bool, threads: int, warmup: int, iterations: int,
             duration: float | None, wall: float, seed: int) -> dict:
     reference = next((r for r in rows if r.name == "torch-eager" and r.skipped is None), None)
     ref_median = float(np.median(reference.latencies_ms)) if reference else None
+    # CPU precisions are judged against the FP32 graph on ONNX Runtime (the same graph torch is exported to)
+    fp32 = next((r for r in rows if r.name == "ort-fp32" and r.skipped is None), None)
+    fp32_median = float(np.median(fp32.latencies_ms)) if fp32 else None
     table = []
     for t in rows:
         row: dict[str, Any] = {"name": t.name, "backend": t.backend, "precision": t.precision, "device": t.device}
@@ -80,6 +77,9 @@ def make_report(src: Source, rows: list[Row], compare: bool, threads: int, warmu
                 row["speedup_vs_torch"] = ref_median / row["median_ms"] if ref_median else None
                 row["agreement_vs_torch"] = (agreement(t.first_output, reference.first_output)
                                              if reference is not None else None)
+                row["speedup_vs_ort_fp32"] = fp32_median / row["median_ms"] if fp32_median else None
+                row["agreement_vs_ort_fp32"] = (agreement(t.first_output, fp32.first_output)
+                                                if fp32 is not None else None)
         if t.note:
             row["note"] = t.note
         table.append(row)
@@ -112,7 +112,7 @@ def format_report(report: dict) -> str:
     compare = report["mode"] == "compare"
     header = f"{'backend':<13} {'prec':<6} {'device':<6} {'median':>9} {'p95':>9} {'mean':>9} {'min':>9} {'img/s':>8}"
     if compare:
-        header += f" {'speedup':>8} {'agree(torch)':>12}"
+        header += f" {'speedup':>8} {'agree(torch)':>12} {'vs fp32':>8} {'agree(fp32)':>11}"
     lines += ["", header + "  (latency in ms)", "-" * len(header)]
     for row in report["rows"]:
         head = f"{row['name']:<13} {row['precision']:<6} {row['device']:<6}"
@@ -124,6 +124,8 @@ def format_report(report: dict) -> str:
         if compare:
             sp, ag = row.get("speedup_vs_torch"), row.get("agreement_vs_torch")
             text += f" {(f'{sp:.2f}x' if sp else '-'):>8} {(f'{ag:.4f}' if ag is not None else '-'):>12}"
+            sp, ag = row.get("speedup_vs_ort_fp32"), row.get("agreement_vs_ort_fp32")
+            text += f" {(f'{sp:.2f}x' if sp else '-'):>8} {(f'{ag:.4f}' if ag is not None else '-'):>11}"
         lines.append(text)
     notes = [f"  {row['name']}: {row['note']}" for row in report["rows"] if row.get("note")]
     if notes:

@@ -12,8 +12,9 @@ from typing import Any
 import numpy as np
 
 from lrformer_deploy.bench.plan import Source, engine_for, reduced_graph
+from lrformer_deploy.cpus import bf16_missing
 from lrformer_deploy.errors import UserError
-from lrformer_deploy.runtime.backends import tensorrt_missing
+from lrformer_deploy.runtime.backends import openvino_missing, tensorrt_missing
 from lrformer_deploy.runtime.backends.base import Runner
 
 
@@ -94,6 +95,18 @@ def ort_row(onnx_path: Path, precision: str, device: str, threads: int, note: st
     return Row(f"ort-{precision}", "onnxruntime", precision, dev, runner=runner, note=note).activate()
 
 
+def openvino_row(onnx_path: Path, precision: str, threads: int, note: str = "", device: str = "CPU") -> Row:
+    """OpenVINO through the runtime's own runner, with the inference precision the graph states (f32 for
+    FP32 and Q/DQ INT8 graphs, bf16 for bf16), never OpenVINO's silent CPU default; skipped without it."""
+    reason = openvino_missing()
+    if reason is not None:
+        return Row(f"openvino-{precision}", "openvino", precision, "cpu", skipped=reason)
+    from lrformer_deploy.runtime.backends.openvino import OpenVINORunner
+
+    runner = OpenVINORunner(onnx_path, device=device, precision=precision, threads=threads)
+    return Row(f"openvino-{precision}", "openvino", precision, "cpu", runner=runner, note=note).activate()
+
+
 def tensorrt_row(engine_path: Path, record: dict | None, precision: str, note: str = "") -> Row:
     from lrformer_deploy.runtime.backends.trt import TensorRTRunner
 
@@ -122,9 +135,15 @@ def compare_rows(src: Source, threads: int, calib: str | None, calib_count: int,
                         "a .pth or --variant)")
     rows = [torch_row(src, "cpu", threads, name="torch-eager")]
     rows.append(ort_row(src.onnx_path, "fp32", "cpu", threads, spin=spin))
+    rows.append(openvino_row(src.onnx_path, "fp32", threads))
     for precision in ("fp16", "int8"):
         art, note = reduced_graph(src, precision, calib, calib_count, target="cpu")
         rows.append(ort_row(art.onnx, precision, "cpu", threads, note=note, spin=spin))
+        if precision == "int8":  # OpenVINO runs the same Q/DQ graph with real u8 convolutions
+            rows.append(openvino_row(art.onnx, precision, threads, note=note))
+    reason = bf16_missing()
+    rows.append(openvino_row(src.onnx_path, "bf16", threads, note="the FP32 graph, inference precision bf16")
+                if reason is None else Row("openvino-bf16", "openvino", "bf16", "cpu", skipped=reason))
     gpu_reason = gpu_missing()
     if gpu_reason is None:
         rows.append(torch_row(src, "cuda", threads, name="torch-cuda"))
@@ -145,6 +164,13 @@ def compare_rows(src: Source, threads: int, calib: str | None, calib_count: int,
 def single_row(src: Source, backend: str, device: str, precision: str, threads: int, calib: str | None,
                calib_count: int, engine: Path | None, spin: bool = True) -> Row:
     engine = _existing_engine(src, engine)
+    if precision == "bf16":  # a CPU precision that only OpenVINO computes in
+        if backend not in ("auto", "openvino"):
+            raise UserError("--precision bf16 runs on OpenVINO: use --backend openvino (or auto)")
+        reason = bf16_missing()
+        if reason is not None:
+            raise UserError(f"--precision bf16 refused: {reason}")
+        backend = "openvino"
     if backend == "auto":
         # Never a stand-in: without an engine or a graph there is nothing of this model to measure.
         if engine is not None and tensorrt_missing() is None:
@@ -175,6 +201,15 @@ def single_row(src: Source, backend: str, device: str, precision: str, threads: 
         return row
     if src.onnx_path is None:
         raise UserError(src.no_graph())
+    if backend == "openvino":
+        reason = openvino_missing()
+        if reason is not None:
+            raise UserError(f"cannot run the openvino backend here: {reason}")
+        graph, note = src.onnx_path, ""
+        if precision in ("fp16", "int8"):
+            art, note = reduced_graph(src, precision, calib, calib_count, target="cpu")
+            graph = art.onnx
+        return openvino_row(graph, precision, threads, note=note, device="CPU" if device in ("auto", "cpu") else device)
     if precision == "fp32":
         return ort_row(src.onnx_path, precision, device, threads, spin=spin)
     art, note = reduced_graph(src, precision, calib, calib_count, target="cpu")

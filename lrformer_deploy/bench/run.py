@@ -99,7 +99,8 @@ def run_benchmark(*, model: str | None = None, variant: str | None = None, num_c
     try:
         src = resolve_source(model, variant, num_classes, size, batch, head, work)
         if device == "auto":  # after the model is resolved: a bad --model is reported without importing torch
-            device = "cuda" if (not compare and gpu_missing() is None) else "cpu"
+            device = "cuda" if (not compare and backend != "openvino" and precision != "bf16"
+                                and gpu_missing() is None) else "cpu"
         x = make_input(src.size, src.batch, src.mean, src.std, seed)
         if compare:
             rows = compare_rows(src, threads, calib, calib_count, engine_path, spin=spin_wait)

@@ -25,6 +25,7 @@ from lrformer_deploy.data.datasets import DatasetPreset
 from lrformer_deploy.contract import (HEADS, IMAGENET_MEAN, IMAGENET_STD, MASK_TAILS, MAX_OPSET, MIN_OPSET,
                                       check_export_size, default_palette)
 from lrformer_deploy.errors import UserError
+from lrformer_deploy.build.mask_tail import replace_with_topk_tail, tail_kind, topk_tail_points
 from lrformer_deploy.model.grids import head_grids, stage_grids
 from lrformer_deploy.model.lrformer import LRFormerSegmentor, MaskHead, logits_to_mask
 
@@ -79,7 +80,8 @@ def check_static_graph(model_proto, dynamic_batch: bool = False) -> None:
     With dynamic_batch, dim 0 of the input/output is symbolic and Shape may appear only as
     `batch_size_reads` leaves it: reading dim 0 alone, concatenated with constants, into a Resize's sizes.
     """
-    ops = {n.op_type for n in model_proto.graph.node}
+    # The top-K mask tail (build/mask_tail.py) gathers with constant indices and static shapes by design.
+    ops = {n.op_type for n in model_proto.graph.node if not n.name.startswith("masktail_")}
     bad = sorted(ops & FORBIDDEN_OPS - ({"Shape"} if dynamic_batch else set()))
     if bad:
         raise RuntimeError(f"exported graph is not static: it contains {', '.join(bad)}")
@@ -189,7 +191,9 @@ def _mask_tail(model_proto):
 
 
 def mask_tail_layout(model_proto) -> str | None:
-    """"nchw" or "nhwc" for a mask graph (from its ArgMax axis), None for a graph without the tail."""
+    """"nchw", "nhwc" (from its ArgMax axis) or "topk" for a mask graph, None for a graph without the tail."""
+    if tail_kind(model_proto) == "topk":
+        return "topk"
     resize, argmax = _mask_tail(model_proto)
     if resize is None or argmax is None:
         return None
@@ -199,6 +203,9 @@ def mask_tail_layout(model_proto) -> str | None:
 
 def _pre_argmax_tensor(model_proto) -> str | None:
     """Name of the stride-8 NCHW logits inside a mask graph (what the final Resize upsamples)."""
+    topk = topk_tail_points(model_proto)
+    if topk is not None:
+        return topk[0]
     resize, _ = _mask_tail(model_proto)
     if resize is None:
         return None
@@ -362,6 +369,10 @@ def export_onnx(model: LRFormerSegmentor, out_dir: str | os.PathLike, name: str 
         if head == "mask" and mask_tail == "nhwc" and max_batch is None:
             if not channels_last_mask_tail(proto):
                 raise RuntimeError("the mask head has no Resize -> ArgMax(axis 1) tail to make channels-last")
+            changed = True
+        elif head == "mask" and mask_tail == "topk" and max_batch is None:
+            if not replace_with_topk_tail(proto):
+                raise RuntimeError("the mask head has no static Resize -> ArgMax -> Cast tail to replace")
             changed = True
         if changed:
             onnx.save(proto, str(tmp))

@@ -30,7 +30,7 @@ from typing import Iterator
 import numpy as np
 
 from lrformer_deploy.build.request import BuildRequest, check_graph_readable, check_memory, output_dir, validate
-from lrformer_deploy.contract import REDUCED_PRECISIONS, check_export_size, graph_size
+from lrformer_deploy.contract import CPU_ONLY_PRECISIONS, REDUCED_PRECISIONS, check_export_size, graph_size
 from lrformer_deploy.errors import UserError
 
 
@@ -188,9 +188,10 @@ def _fp32(req: BuildRequest, result: BuildResult, steps: _Steps) -> Artifact:
             with steps.step("reused FP32 graph"):
                 return Artifact("fp32", onnx_path, mf.manifest_path_for(onnx_path), m, reused=True)
 
-    # TensorRT resizes the last dims, so its graphs keep the NCHW mask tail; ONNX Runtime on a CPU runs the
-    # NHWC tail faster (samples/bench_mask_tail.py).
-    kwargs = {"mask_tail": "nchw" if req.target == "tensorrt" else "nhwc", **req.export_options}
+    # TensorRT resizes the last dims, so its graphs keep the NCHW mask tail; CPU graphs get the top-K tail,
+    # which costs ONNX Runtime and OpenVINO a few percent of the model instead of half of it
+    # (build/mask_tail.py, samples/bench_mask_tail.py).
+    kwargs = {"mask_tail": "nchw" if req.target == "tensorrt" else "topk", **req.export_options}
     t0 = time.perf_counter()
     with steps.step("FP32 export + check"), _staging(out_dir, name) as stage:
         res = export_onnx(model, stage, name, size=size, batch=req.batch, opset=req.opset, head=head,
@@ -292,8 +293,36 @@ def precision_manifest(fp32_manifest: dict, onnx_name: str, staged_onnx: Path, p
     return m
 
 
+def _bf16(req: BuildRequest, fp32: Artifact, steps: _Steps) -> Artifact:
+    """NAME-bf16.json: a manifest naming the FP32 graph with precision bf16 (no second graph), after the same
+    held-back accuracy check as FP16/INT8, run the way OpenVINO will run it."""
+    from lrformer_deploy import manifest as mf
+    from lrformer_deploy.contract import IMAGENET_MEAN, IMAGENET_STD
+    from lrformer_deploy.precision.pipeline import make_precision_graph
+
+    if fp32.manifest is None:
+        raise UserError(f"{fp32.onnx.name} has no manifest: a bf16 artifact is a manifest naming the FP32 graph, "
+                        "so export the graph with lrformer-export first")
+    inp = fp32.manifest.get("input", {})
+    manifest_path = fp32.onnx.with_name(f"{fp32.onnx.stem}-bf16.json")
+    t0 = time.perf_counter()
+    with steps.step("BF16 accuracy check (OpenVINO)"):
+        details = make_precision_graph(fp32.onnx, "bf16", calib=req.calib, calib_count=req.calib_count,
+                                       check_count=req.check_count, mean=inp.get("mean", IMAGENET_MEAN),
+                                       std=inp.get("std", IMAGENET_STD), min_agreement=req.min_agreement,
+                                       target="cpu", quiet=req.quiet)
+        m = precision_manifest(fp32.manifest, f"{fp32.onnx.stem}-bf16.onnx", fp32.onnx, "bf16", details,
+                               fp32.onnx.parent)
+        m["target"] = "cpu"
+        mf.publish([], m, manifest_path)
+    return Artifact("bf16", fp32.onnx, manifest_path, m, seconds=time.perf_counter() - t0, details=details)
+
+
 def _reduced(req: BuildRequest, result: BuildResult, fp32: Artifact, precision: str, steps: _Steps) -> Artifact:
     from lrformer_deploy import manifest as mf
+
+    if precision == "bf16":
+        return _bf16(req, fp32, steps)
     from lrformer_deploy.contract import IMAGENET_MEAN, IMAGENET_STD
     from lrformer_deploy.precision.pipeline import make_precision_graph, output_path
 
@@ -332,6 +361,9 @@ def _reduced(req: BuildRequest, result: BuildResult, fp32: Artifact, precision: 
                                f"back from the {data.get('calibration_frames')} calibration frames, so the check "
                                "ran on calibration frames (check_held_back: false; give a longer source or a "
                                "smaller --calib-count for an independent check)")
+        note = (details.get("cpu_backends") or {}).get("note")
+        if note:
+            _note(req, result, note)
         m = None
         if fp32.manifest is not None:
             m = precision_manifest(fp32.manifest, final.name, staged, precision, details, out_dir)
@@ -557,7 +589,8 @@ def build(req: BuildRequest) -> BuildResult:
 
         remove_abandoned_folders(output_dir(req), prefix=".", suffix=".partial")
     precisions = [p for p in REDUCED_PRECISIONS if p in req.precisions]
-    n_engines = 0 if req.engine == "off" else max(1, len(precisions))
+    graphs = [p for p in precisions if p not in CPU_ONLY_PRECISIONS]  # bf16 has no graph of its own to build
+    n_engines = 0 if req.engine == "off" else max(1, len(graphs))
     steps = _Steps(1 + len(precisions) + n_engines, req.quiet)
     try:
         fp32 = _existing(req) if req.graph is not None else _fp32(req, result, steps)
@@ -566,7 +599,7 @@ def build(req: BuildRequest) -> BuildResult:
         result.artifacts["fp32"] = fp32
         for precision in precisions:
             result.artifacts[precision] = _reduced(req, result, fp32, precision, steps)
-        for art in [result.artifacts[p] for p in precisions] or [fp32]:
+        for art in [result.artifacts[p] for p in graphs] or [fp32]:
             if req.engine != "off":
                 _engine(req, art, steps, fp32)
             else:

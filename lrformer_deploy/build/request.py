@@ -13,10 +13,11 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lrformer_deploy.contract import (CALIB_METHODS, ENGINE_MODES, HEADS, MAX_OPSET, MIN_OPSET, REDUCED_PRECISIONS,
-                                      TARGETS, check_export_size)
+from lrformer_deploy.contract import (CALIB_METHODS, CPU_ONLY_PRECISIONS, ENGINE_MODES, HEADS, MAX_OPSET, MIN_OPSET,
+                                      REDUCED_PRECISIONS, TARGETS, check_export_size)
+from lrformer_deploy import cpus
 from lrformer_deploy.errors import UserError
-from lrformer_deploy.runtime.backends import tensorrt_missing
+from lrformer_deploy.runtime.backends import openvino_missing, tensorrt_missing
 
 
 @dataclass
@@ -35,7 +36,7 @@ class BuildRequest:
     batch: int = 1
     head: str | None = None  # mask (default) or logits
     opset: int = 17
-    precisions: tuple[str, ...] = ()  # reduced graphs to make besides FP32: "fp16", "int8"
+    precisions: tuple[str, ...] = ()  # reduced graphs to make besides FP32: "fp16", "int8", "bf16" (cpu only)
     calib: str | os.PathLike | None = None  # folder of images or a video
     calib_count: int = 32
     calib_method: str = "entropy"
@@ -191,6 +192,8 @@ def validate(req: BuildRequest) -> None:
         check_calibration_source(req.calib)
     if req.target not in TARGETS:
         raise UserError(f"--target must be one of {', '.join(TARGETS)}, got {req.target!r}")
+    for precision in (p for p in req.precisions if p in CPU_ONLY_PRECISIONS):
+        check_cpu_precision(precision, req.target)
     if req.engine not in ENGINE_MODES:
         raise UserError(f"engine mode must be one of {', '.join(ENGINE_MODES)}, got {req.engine!r}")
     if not (math.isfinite(req.workspace_gib) and req.workspace_gib > 0):
@@ -206,6 +209,18 @@ def validate(req: BuildRequest) -> None:
             raise UserError(f"--engine was demanded but cannot be built: {reason}")
     check_name(req.name)
     check_output_dir(output_dir(req))
+
+
+def check_cpu_precision(precision: str, target: str) -> None:
+    """bf16: target cpu, a CPU with bf16 instructions (cpus.bf16_missing) and OpenVINO to run and check it."""
+    if target != "cpu":
+        raise UserError(f"--{precision} is a CPU precision: add --target cpu")
+    reason = cpus.bf16_missing()
+    if reason:
+        raise UserError(f"--{precision} refused: {reason}; it would run slower than FP32 here")
+    reason = openvino_missing()
+    if reason:
+        raise UserError(f"--{precision} runs on OpenVINO: {reason}")
 
 
 def output_dir(req: BuildRequest) -> Path:

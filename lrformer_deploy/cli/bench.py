@@ -24,11 +24,13 @@ def build_parser() -> OneLineParser:
     p.add_argument("--head", choices=HEADS, default="mask",
                    help="graph output for --variant/.pth exports (default mask: upsample + argmax in the graph)")
     p.add_argument("--batch", type=int, help="batch size (default 1; an exported graph's batch is fixed)")
-    p.add_argument("--backend", default="auto", help="onnxruntime, torch, tensorrt or auto (default)")
+    p.add_argument("--backend", default="auto", help="onnxruntime, openvino, torch, tensorrt or auto (default)")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: cuda when available)")
-    p.add_argument("--precision", default="fp32", help="fp32 (default), fp16 or int8 (graphs made on the fly)")
+    p.add_argument("--precision", default="fp32",
+                   help="fp32 (default), fp16 or int8 (graphs made on the fly), bf16 (OpenVINO, CPUs with bf16)")
     p.add_argument("--compare", action="store_true",
-                   help="torch eager vs ONNX Runtime FP32/FP16/INT8 on one input (+ torch CUDA, TensorRT on a GPU)")
+                   help="torch eager vs ONNX Runtime FP32/FP16/INT8 and OpenVINO FP32/INT8 (when installed) on one "
+                        "input (+ torch CUDA, TensorRT on a GPU)")
     p.add_argument("--warmup", type=int, default=5, help="untimed runs per backend first (default 5)")
     timing = p.add_mutually_exclusive_group()
     timing.add_argument("--iterations", type=int, default=20, help="timed runs per backend (default 20)")

@@ -27,7 +27,7 @@ import numpy as np
 from lrformer_deploy.contract import BACKENDS
 from lrformer_deploy.cli.common import OneLineParser
 from lrformer_deploy.errors import UserError, cli_entry, has_package, missing_package
-from lrformer_deploy.runtime.backends import tensorrt_missing
+from lrformer_deploy.runtime.backends import openvino_missing, tensorrt_missing
 from lrformer_deploy.data.evaluation import (
     LAYOUTS, RESIZE_MODES, ModelReport, evaluate, official_test_size, open_eval_folder,
 )
@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resize", default="stretch", choices=RESIZE_MODES,
                    help="how images reach the model's fixed input size (default: stretch)")
     p.add_argument("--backend", default="auto", choices=BACKENDS,
-                   help="auto, onnxruntime, tensorrt or torch")
+                   help="auto, onnxruntime, openvino, tensorrt or torch")
     p.add_argument("--device", help="backend device, e.g. cuda:0 (default: the backend's choice)")
     p.add_argument("--num-classes", type=int,
                    help="number of classes, for a folder and a model that do not say it themselves")
@@ -157,6 +157,8 @@ def _check_options(args, models: list[str | None]):
         raise UserError(missing_package("torch", "a .pth model"))
     if args.backend == "tensorrt" and tensorrt_missing("run") is not None:
         raise UserError(f"--backend tensorrt cannot run here: {tensorrt_missing('run')}")
+    if args.backend == "openvino" and openvino_missing() is not None:
+        raise UserError(f"--backend openvino cannot run here: {openvino_missing()}")
     if args.backend in ("auto", "onnxruntime") and importlib.util.find_spec("onnxruntime") is None \
             and kinds - {"engine"}:
         raise UserError(missing_package("onnxruntime", "running the model with ONNX Runtime"))

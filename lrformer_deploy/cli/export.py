@@ -43,6 +43,9 @@ def build_parser() -> OneLineParser:
     q = p.add_argument_group("precision (decided in the graph, checked with ONNX Runtime on the CPU)")
     q.add_argument("--fp16", action="store_true", help="also write a mixed FP16 graph (sensitive ops stay FP32)")
     q.add_argument("--int8", action="store_true", help="also write an explicit Q/DQ INT8 graph (needs --calib)")
+    q.add_argument("--bf16", action="store_true",
+                   help="with --target cpu: also write NAME-bf16.json, the FP32 graph run by OpenVINO in bf16 "
+                        "(CPUs with AVX512-BF16 or AMX; refused elsewhere), checked against FP32 like FP16/INT8")
     q.add_argument("--calib", help="calibration data: a folder of images or a video file")
     q.add_argument("--calib-count", type=int, default=32, help="calibration frames (default 32)")
     q.add_argument("--calib-method", choices=CALIB_METHODS, default="entropy")
@@ -100,7 +103,7 @@ def request_from_args(args):
     from lrformer_deploy.build import BuildRequest
 
     preset = load_preset(args.preset) if args.preset else None
-    precisions = tuple(p for p, on in (("fp16", args.fp16), ("int8", args.int8)) if on)
+    precisions = tuple(p for p, on in (("fp16", args.fp16), ("int8", args.int8), ("bf16", args.bf16)) if on)
     max_batch = args.batch[1] if isinstance(args.batch, tuple) else None
     export_options, engine_options = {}, {} if args.tf32 is None else {"tf32": args.tf32}
     # Only options the user changed are passed on, so build_engine's defaults stay in one place.
@@ -145,16 +148,19 @@ def main(argv=None) -> int:
                         "verification": fp32.manifest.get("verification")}}
     if not args.quiet:
         print(f"onnx: {fp32.onnx} ({fp32.manifest['export']['nodes']} nodes, {fp32.seconds:.1f} s)")
-    for precision in ("fp16", "int8"):
+    for precision in ("fp16", "int8", "bf16"):
         if precision not in result.artifacts:
             continue
         art = result[precision]
         acc = art.manifest["precision_details"].get("accuracy", {})
         if not args.quiet:
-            print(f"{precision}: {art.onnx} ({art.seconds:.1f} s); vs fp32: mask agreement "
+            where = f"{art.manifest_path} -> {art.onnx.name}" if precision == "bf16" else str(art.onnx)
+            print(f"{precision}: {where} ({art.seconds:.1f} s); vs fp32: mask agreement "
                   f"{acc.get('mask_agreement', float('nan')):.4f}, logits relative error "
                   f"{acc.get('logits_rel_error', float('nan')):.3g}")
         summary[precision] = {"onnx": str(art.onnx), "manifest": str(art.manifest_path), "accuracy": acc}
+        if art.manifest["precision_details"].get("cpu_backends"):
+            summary[precision]["cpu_backends"] = art.manifest["precision_details"]["cpu_backends"]
     skipped: dict[str, list[str]] = {}  # one line per reason, not one per graph (they share it)
     for art in result.artifacts.values():
         if art.engine is not None:

@@ -35,9 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", help="image, folder, glob ('imgs/*.jpg'), video file, webcam index (0) or stream URL")
     p.add_argument("--model", help="model: .engine, .onnx, manifest .json or .pth checkpoint (default: the demo model)")
     p.add_argument("--backend", default="auto", choices=BACKENDS,
-                   help="auto = TensorRT engine if usable, else ONNX Runtime CUDA, else ONNX Runtime CPU")
+                   help="auto = TensorRT engine if usable, else ONNX Runtime CUDA, else on a CPU OpenVINO for "
+                        "int8/bf16 artifacts when installed, else ONNX Runtime CPU")
     p.add_argument("--device", default=None,
-                   help="auto, cpu, cuda, cuda:N; with onnxruntime also 'tensorrt' (its TensorRT provider)")
+                   help="auto, cpu, cuda, cuda:N; with onnxruntime also 'tensorrt' (its TensorRT provider); with "
+                        "openvino CPU (tested), GPU, NPU, AUTO (Intel hardware, passed through untested)")
     p.add_argument("--resize", default="stretch", choices=("stretch", "keep-ratio"),
                    help="fit frames to the model input by stretching, or keep the aspect ratio and pad")
     p.add_argument("--input-size", type=parse_size, default=None, metavar="HxW",
@@ -138,9 +140,12 @@ def _check_options(args: argparse.Namespace) -> None:
     if kind == "checkpoint":
         _need("torch", f"a .pth model ({Path(args.model).name})")
     elif args.backend == "torch":
-        raise UserError("--backend torch runs .pth checkpoints; for .onnx/.engine models use onnxruntime or tensorrt")
+        raise UserError("--backend torch runs .pth checkpoints; for .onnx/.engine models use onnxruntime, openvino "
+                        "or tensorrt")
     if args.backend == "tensorrt":
         _need("tensorrt", "--backend tensorrt")
+    elif args.backend == "openvino":
+        _need("openvino", "--backend openvino")
     elif args.backend != "torch" and not (kind == "engine" and args.backend == "auto"):
         _need("onnxruntime", "running the model with ONNX Runtime")
     if args.input_size is not None and kind != "checkpoint":

@@ -23,7 +23,7 @@ def build_parser() -> OneLineParser:
     p.add_argument("--instances", type=int, default=1,
                    help="model instances, each with its own Segmenter (default 1)")
     p.add_argument("--threads", type=int, help="ONNX Runtime threads per instance (default: cores / instances)")
-    p.add_argument("--backend", choices=("auto", "onnxruntime", "tensorrt"), default="auto")
+    p.add_argument("--backend", choices=("auto", "onnxruntime", "openvino", "tensorrt"), default="auto")
     p.add_argument("--device", help="auto, cpu, cuda[:N] or tensorrt (ONNX Runtime provider), as lrformer-infer")
     p.add_argument("--resize", choices=("stretch", "keep-ratio"), default="stretch")
     p.add_argument("--max-pixels", type=parse_pixels, default=MAX_PIXELS_SERVE, metavar="N",

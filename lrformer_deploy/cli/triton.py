@@ -18,8 +18,9 @@ def build_parser() -> OneLineParser:
                    help="max_batch_size of the NAME_frames model's dynamic batcher (default 8)")
     p.add_argument("--instances", type=int, default=1, help="instances of the graph model per device (default 1)")
     p.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads per instance (0 = default)")
-    p.add_argument("--backend", choices=("auto", "onnxruntime", "tensorrt"), default="auto",
-                   help="runtime backend of NAME_frames (default auto: the plan when TensorRT and a GPU are there)")
+    p.add_argument("--backend", choices=("auto", "onnxruntime", "openvino", "tensorrt"), default="auto",
+                   help="runtime backend of NAME_frames (default auto: the plan when TensorRT and a GPU are there, "
+                        "OpenVINO for int8/bf16 artifacts on a CPU where installed)")
     p.add_argument("--resize", choices=("stretch", "keep-ratio"), default="stretch",
                    help="how NAME_frames fits frames to the graph's input (default stretch)")
     p.add_argument("--max-pixels", type=parse_pixels, default=MAX_PIXELS_SERVE, metavar="N",

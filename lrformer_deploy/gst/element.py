@@ -74,7 +74,7 @@ class LrformerSeg(GstBase.BaseTransform):
     __gproperties__ = {
         "model": (str, "model", "model file: .onnx, manifest .json, .engine or .pth (default: the demo model)",
                   None, GObject.ParamFlags.READWRITE),
-        "backend": (str, "backend", "auto, tensorrt, onnxruntime or torch (as lrformer-infer --backend)",
+        "backend": (str, "backend", "auto, tensorrt, onnxruntime, openvino or torch (as lrformer-infer --backend)",
                     "auto", GObject.ParamFlags.READWRITE),
         "device": (str, "device", "auto, cpu, cuda, cuda:N, tensorrt (as lrformer-infer --device)",
                    "auto", GObject.ParamFlags.READWRITE),

@@ -10,14 +10,19 @@ exposes the stride-8 logits (the input of the final Resize, found by walking bac
 through Cast/Identity nodes) as an extra output of a temporary copy of both graphs. The conversion
 passes keep tensor names, so the same tensor is found in the FP16 and the Q/DQ graph. The error is
 measured there, before the (linear) upsampling, i.e. on exactly what a logits-head export would give.
-The upsampled pre-ArgMax tensor of the reference is also exposed to tell how many disagreeing pixels
-were near-ties in FP32 (top-2 margin below 1% of the logit range): those flip under any rounding.
+The upsampled pre-ArgMax tensor of the reference (for the CPU graphs' top-K tail: the interpolated scores
+of each pixel's candidate classes) is also exposed to tell how many disagreeing pixels were near-ties in FP32 (top-2 margin below 1% of the logit range): those flip under any rounding.
+
+The graph under test runs on ONNX Runtime, or (test_backend="openvino") on OpenVINO's CPU plugin with the
+inference precision it would run with: that is how bf16 (the FP32 graph computed in bf16) is measured.
 
 Thresholds (min_agreement): FP16 0.995 — FP16 storage rounding (~5e-4 relative) only flips pixels
 whose two best classes are within that margin, which in a trained model is a thin band on class
 boundaries; losing more than 0.5% of pixels means something overflowed or underflowed. INT8 0.98 —
 8-bit activations add ~1% relative logit noise, published PTQ results for segmentation transformers
-lose well under 1 mIoU, and 2% disagreeing pixels is the point where boundaries visibly degrade.
+lose well under 1 mIoU, and 2% disagreeing pixels is the point where boundaries visibly degrade. BF16
+0.99 — bf16 keeps 8 mantissa bits (~0.4% relative rounding, 8x FP16's), with FP32 accumulation in
+OpenVINO's kernels; ~1% of pixels near class boundaries may flip.
 """
 from __future__ import annotations
 
@@ -28,7 +33,7 @@ import numpy as np
 
 from lrformer_deploy.errors import UserError
 
-DEFAULT_MIN_AGREEMENT = {"fp16": 0.995, "int8": 0.98}
+DEFAULT_MIN_AGREEMENT = {"fp16": 0.995, "int8": 0.98, "bf16": 0.99}
 
 
 class AccuracyBelowThreshold(UserError):
@@ -68,6 +73,10 @@ def compare_points(model) -> dict:
         return {"head": "logits", "logits": name, "pre_argmax": None, "mask": None}
     if "mask" not in outputs:
         raise UserError(f"graph has neither a 'mask' nor a 'logits' output (outputs: {outputs}).")
+    pad = next((n for n in model.graph.node if n.name == "masktail_pad"), None)
+    if pad is not None:  # the CPU graphs' top-K tail (build/mask_tail.py): candidates' scores, classes on axis 1
+        return {"head": "mask", "logits": pad.input[0], "pre_argmax": "masktail_scores", "mask": "mask",
+                "class_axis": 1}
     _, argmax = _through_casts(producer, "mask")
     if argmax is None or argmax.op_type != "ArgMax":
         raise UserError("the 'mask' output is not produced by an ArgMax: cannot locate the logits to compare.")
@@ -94,9 +103,8 @@ def _tensor_names(model) -> set[str]:
     return {o for n in g.node for o in n.output} | {i.name for i in g.initializer} | {i.name for i in g.input}
 
 
-def _session_with(path, extra: list[str]):
+def _with_outputs(path, extra: list[str]):
     import onnx
-    import onnxruntime as ort
 
     model = _infer(path)
     types = {vi.name: vi.type.tensor_type.elem_type for vi in list(model.graph.value_info) + list(model.graph.output)}
@@ -104,9 +112,44 @@ def _session_with(path, extra: list[str]):
     for name in extra:
         if name and name not in present:
             model.graph.output.append(onnx.helper.make_tensor_value_info(name, types.get(name, 1), None))
+    return model
+
+
+def _session_with(path, extra: list[str]):
+    import onnxruntime as ort
+
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(_with_outputs(path, extra).SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
+class _OpenVINOSession:
+    """The two calls of an ORT session the report uses, on OpenVINO's CPU plugin at `precision`."""
+
+    def __init__(self, path, extra: list[str], precision: str, folder: Path):
+        import onnx
+
+        from lrformer_deploy.runtime.backends.openvino import OpenVINORunner
+
+        model = _with_outputs(path, extra)
+        copy = folder / "test-with-outputs.onnx"
+        onnx.save(model, str(copy))
+        self.input = model.graph.input[0]
+        self.runner = OpenVINORunner(copy, precision=precision, cache=False).activate()
+        self.names = [o.name for o in model.graph.output]
+        self.inference_precision = self.runner.inference_precision()
+
+    def get_inputs(self):
+        return [self.input]
+
+    def get_outputs(self):
+        import types
+
+        return [types.SimpleNamespace(name=n) for n in self.names]
+
+    def run(self, _names, feed):
+        out = self.runner.infer({self.input.name: next(iter(feed.values()))})
+        return [out[n] for n in self.names]
 
 
 def accuracy_report(
@@ -117,12 +160,21 @@ def accuracy_report(
     precision: str | None = None,
     min_agreement: float | None = None,
     quiet: bool = True,
+    test_backend: str = "onnxruntime",
 ) -> dict:
     """Compare `test_onnx` with the FP32 `ref_onnx` on `inputs` (N x 3 x H x W float32, preprocessed).
 
     min_agreement: mask agreement below it raises UserError; None takes DEFAULT_MIN_AGREEMENT[precision]
     (no check when neither is given). Returns the dict stored in the manifest's precision_details.
+    test_backend "openvino" runs `test_onnx` on OpenVINO's CPU plugin at `precision` (bf16: the FP32 graph).
     """
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="lrformer-accuracy-") as tmp:
+        return _accuracy_report(ref_onnx, test_onnx, inputs, precision, min_agreement, quiet, test_backend, Path(tmp))
+
+
+def _accuracy_report(ref_onnx, test_onnx, inputs, precision, min_agreement, quiet, test_backend, tmp: Path) -> dict:
     from lrformer_deploy.precision.fp16 import batches
     from lrformer_deploy.precision.measure import progress
 
@@ -137,7 +189,12 @@ def accuracy_report(
         logits_name = compare_points(test_model)["pre_argmax"] if points["head"] == "mask" else points["logits"]
     ref_extra = [points["logits"], points["pre_argmax"]]
     ref_sess = _session_with(ref_onnx, [n for n in ref_extra if n])
-    test_sess = _session_with(test_onnx, [logits_name])
+    if test_backend == "openvino":
+        test_sess = _OpenVINOSession(test_onnx, [logits_name], precision or "fp32", tmp)
+        backend = f"openvino CPU, inference precision {test_sess.inference_precision}"
+    else:
+        test_sess = _session_with(test_onnx, [logits_name])
+        backend = "onnxruntime CPUExecutionProvider"
     ref_in = ref_sess.get_inputs()[0]
 
     diff_sq = ref_sq = 0.0
@@ -185,7 +242,8 @@ def accuracy_report(
     report = {
         "reference": Path(ref_onnx).name,
         "graph": Path(test_onnx).name,
-        "backend": "onnxruntime CPUExecutionProvider",
+        "backend": backend,
+        "reference_backend": "onnxruntime CPUExecutionProvider",
         "frames": int(len(inputs)),
         "compared_tensor": points["logits"] if points["head"] == "logits" else
         f"{points['logits']} (stride-8 logits before the final Resize)",
@@ -199,7 +257,7 @@ def accuracy_report(
         "disagreeing_pixels_near_ties": f"{near_tie_disagreements}/{disagreements}",
         "min_agreement": threshold,
         "passed": threshold is None or agreement >= threshold,
-        "ort_cpu_ms_median": {"reference": round(1000 * float(np.median(t_ref)), 2),
+        ("ort_cpu_ms_median" if test_backend == "onnxruntime" else "cpu_ms_median"): {"reference": round(1000 * float(np.median(t_ref)), 2),
                               "graph": round(1000 * float(np.median(t_test)), 2)},
     }
     if threshold is not None and agreement < threshold:

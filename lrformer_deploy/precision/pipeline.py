@@ -14,7 +14,8 @@ INT8 requires real calibration data.
 Frames are decoded and measured one at a time (memory does not grow with calib_count). `target`
 chooses the graph's form: "tensorrt" (default; float ops in FP16 where measured safe, also around the
 INT8 Q/DQ pairs) or "cpu" (the INT8 graph keeps its float ops in FP32 for ONNX Runtime's CPU provider;
-FP16 graphs are the same for both). The manifest records the target. Progress bars (tqdm) go to stderr
+FP16 graphs are the same for both). The manifest records the target. "bf16" (target cpu only) writes no
+graph: it is the FP32 graph computed by OpenVINO in bf16, and its accuracy check runs exactly that. Progress bars (tqdm) go to stderr
 unless `quiet` or stderr is not a terminal; one summary line per graph goes to stderr unless quiet.
 """
 from __future__ import annotations
@@ -25,7 +26,8 @@ from typing import Sequence
 
 import numpy as np
 
-from lrformer_deploy.contract import IMAGENET_MEAN, IMAGENET_STD, REDUCED_PRECISIONS, TARGETS, graph_size
+from lrformer_deploy.contract import (CPU_ONLY_PRECISIONS, IMAGENET_MEAN, IMAGENET_STD, REDUCED_PRECISIONS, TARGETS,
+                                      graph_size)
 from lrformer_deploy.errors import UserError
 from lrformer_deploy.precision.accuracy import DEFAULT_MIN_AGREEMENT, AccuracyBelowThreshold, accuracy_report
 from lrformer_deploy.precision.calibration import (
@@ -100,6 +102,8 @@ def make_precision_graph(
     place for inspection.
     """
     fp32_onnx = Path(fp32_onnx)
+    if precision in CPU_ONLY_PRECISIONS and target != "cpu":
+        raise UserError(f"{precision} is a CPU precision (OpenVINO): use target cpu.")
     if precision not in REDUCED_PRECISIONS:
         raise UserError(f"precision must be one of {', '.join(REDUCED_PRECISIONS)}, got {precision!r}.")
     if target not in TARGETS:
@@ -115,9 +119,11 @@ def make_precision_graph(
             raise UserError("INT8 needs calibration data: pass --calib with a folder of images or a video.")
         calib_frames = _synthetic_frames(calib_count, size, mean, std)
     else:
-        calib_frames = None if precision == "int8" else iter_calibration_frames(calib, calib_count, size, mean, std)
+        calib_frames = None if precision != "fp16" else iter_calibration_frames(calib, calib_count, size, mean, std)
     check_frames, data = held_back_frames(calib, calib_count, check_count, size, mean, std)
 
+    if precision == "bf16":
+        return _bf16_details(fp32_onnx, check_frames, data, threshold, quiet)
     if precision == "fp16":
         count = count_calibration_frames(calib, calib_count) if calib is not None else len(calib_frames)
         conversion = convert_fp16(fp32_onnx, out, calib_frames, count=count, quiet=quiet)
@@ -132,8 +138,106 @@ def make_precision_graph(
     try:
         details["accuracy"] = accuracy_report(fp32_onnx, out, check_frames, precision=precision,
                                               min_agreement=threshold, quiet=quiet)
+        if precision == "int8" and target == "cpu":
+            _choose_cpu_backend(details, fp32_onnx, out, check_frames, threshold, quiet)
     except AccuracyBelowThreshold as exc:
         details["accuracy"] = exc.report
         exc.details = details  # the CLI may still record what was measured
+        raise
+    return details
+
+
+TIMING_ROUNDS = 5
+
+
+def time_cpu_backends(fp32_onnx: Path, int8_onnx: Path, frame: np.ndarray, openvino: bool) -> dict[str, float]:
+    """Median ms of ONNX Runtime FP32, ONNX Runtime INT8 and (when installed) OpenVINO INT8 on one frame,
+    through the runtime's own runners, in interleaved rounds (a neighbour's load hits them all alike)."""
+    import time
+
+    from lrformer_deploy.runtime.backends.ort import OnnxRuntimeRunner
+
+    runners = {"onnxruntime fp32": OnnxRuntimeRunner(fp32_onnx, device="cpu"),
+               "onnxruntime int8": OnnxRuntimeRunner(int8_onnx, device="cpu")}
+    if openvino:
+        from lrformer_deploy.runtime.backends.openvino import OpenVINORunner
+
+        runners["openvino int8"] = OpenVINORunner(int8_onnx, precision="int8", cache=False)
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    try:
+        for runner in runners.values():
+            runner.activate()
+        (input_name, shape), = runners["onnxruntime fp32"].io_info()[0][:1]
+        if isinstance(shape[0], int) and shape[0] > len(frame):  # a static batch: fill it
+            frame = np.repeat(frame[:1], shape[0], axis=0)
+        for runner in runners.values():
+            runner.infer({input_name: frame})  # warm-up: first runs allocate and pick kernels
+        names = list(runners)
+        for r in range(TIMING_ROUNDS):
+            shift = r % len(names)
+            for name in names[shift:] + names[:shift]:
+                runner = runners[name]
+                t0 = time.perf_counter()
+                runner.infer({input_name: frame})
+                times[name].append((time.perf_counter() - t0) * 1000)
+    finally:
+        for runner in runners.values():
+            runner.deactivate()
+    return {name: round(float(np.median(v)), 2) for name, v in times.items()}
+
+
+def _choose_cpu_backend(details: dict, fp32_onnx: Path, out: Path, check_frames: np.ndarray, threshold: float,
+                        quiet: bool) -> None:
+    """Which CPU backend runs this INT8 graph fast, measured on the check frames, into details["cpu_backends"].
+
+    ONNX Runtime keeps most of our Q/DQ graph's Convs in FP32 (a DequantizeLinear feeding a Conv without a
+    QuantizeLinear after it is not fused into QLinearConv), so there INT8 is often slower than FP32;
+    OpenVINO runs the same graph with u8 convolutions. When OpenVINO is the faster form, the reported
+    accuracy is OpenVINO's (what `auto` will run), ONNX Runtime's is kept beside it.
+    """
+    from lrformer_deploy.cpus import cpu_name
+    from lrformer_deploy.runtime.backends import openvino_missing
+
+    ort_acc = details["accuracy"]
+    choice: dict = {"cpu": cpu_name(), "method": f"median of {TIMING_ROUNDS} interleaved rounds on one check frame, "
+                    "the graphs as the runtime runs them, all usable cores"}
+    have_openvino = openvino_missing() is None
+    ms = choice["median_ms"] = time_cpu_backends(fp32_onnx, out, check_frames[:1], openvino=have_openvino)
+    if have_openvino:
+        ov_acc = accuracy_report(fp32_onnx, out, check_frames, precision="int8", min_agreement=threshold,
+                                 quiet=quiet, test_backend="openvino")
+        if ms["openvino int8"] < ms["onnxruntime int8"]:
+            choice["recommended"] = "openvino"
+            details["accuracy"], details["accuracy_onnxruntime"] = ov_acc, ort_acc
+        else:
+            choice["recommended"] = "onnxruntime"
+            details["accuracy_openvino"] = ov_acc
+    else:
+        choice["recommended"] = "onnxruntime"
+        choice["openvino"] = openvino_missing()
+    best = ms[f"{choice['recommended']} int8"]
+    if best >= ms["onnxruntime fp32"]:
+        hint = ("" if "openvino int8" in ms else "; OpenVINO runs it faster where installed "
+                "(pip install 'lrformer-deploy[openvino]')")
+        choice["note"] = (f"{out.name}: INT8 is slower than FP32 on this CPU with {choice['recommended']} "
+                          f"({best:.0f} ms vs {ms['onnxruntime fp32']:.0f} ms per frame at export): the FP32 graph "
+                          f"is faster here{hint}")
+    details["cpu_backends"] = choice
+
+
+def _bf16_details(fp32_onnx: Path, check_frames: np.ndarray, data: dict, threshold: float, quiet: bool) -> dict:
+    """bf16: no graph is written; the FP32 graph is checked as OpenVINO runs it with bf16 inference precision."""
+    details = {"precision": "bf16", "target": "cpu", "data": data, "onnx": fp32_onnx.name,
+               "conversion": {"method": "none: the FP32 graph, run by OpenVINO with INFERENCE_PRECISION_HINT bf16 "
+                                        "(matmuls and convolutions in bf16 with FP32 accumulation)",
+                              "graph": fp32_onnx.name},
+               "cpu_backends": {"recommended": "openvino",
+                                "why": "only OpenVINO computes in bf16; ONNX Runtime runs this graph in FP32"}}
+    try:
+        details["accuracy"] = accuracy_report(fp32_onnx, fp32_onnx, check_frames, precision="bf16",
+                                              min_agreement=threshold, quiet=quiet, test_backend="openvino")
+    except AccuracyBelowThreshold as exc:
+        details["accuracy"] = exc.report
+        exc.details = details
         raise
     return details

@@ -6,7 +6,9 @@
     masks = seg.segment_batch([f1, f2, f3])
 
 Backend choice ("auto"): a TensorRT engine when the model has one and TensorRT + a GPU are present,
-then ONNX Runtime on CUDA when the installed onnxruntime offers it, then ONNX Runtime on the CPU.
+then ONNX Runtime on CUDA when the installed onnxruntime offers it; on a CPU, OpenVINO for the precisions
+it runs faster than ONNX Runtime FP32 when it is installed (AUTO_OPENVINO_PRECISIONS, measured in
+docs/cpu.md), else ONNX Runtime on the CPU.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ import numpy as np
 
 from lrformer_deploy.contract import BACKENDS, default_palette
 from lrformer_deploy.errors import UserError, install_hint
-from lrformer_deploy.runtime.backends import tensorrt_missing
+from lrformer_deploy.runtime.backends import openvino_missing, tensorrt_missing
 from lrformer_deploy.runtime.backends.base import Runner
 from lrformer_deploy.runtime.postprocess import Postprocessor
 from lrformer_deploy.runtime.preprocess import Geometry, Preprocessor
@@ -51,6 +53,24 @@ def default_model_path() -> Path:
         raise
     except Exception as exc:  # e.g. torch missing for the first-use export
         raise UserError(f"no --model given and the demo model is not available ({exc.__class__.__name__}: {exc})") from None
+
+
+# CPU-target artifacts `auto` runs on OpenVINO when it is installed (an x86 CPU, no CUDA device asked for):
+# its INT8 (real u8 convolutions from our Q/DQ graph) and bf16 were 2-3x ONNX Runtime FP32 (docs/cpu.md).
+# FP32 and FP16 stay on ONNX Runtime: OpenVINO f32 measured 0.88-0.94x on a quiet AMD EPYC (0.99-1.51x under
+# load), and its first compile of LRFormer-T takes 6-8 s against ONNX Runtime's 1 s.
+AUTO_OPENVINO_PRECISIONS = ("int8", "bf16")
+
+
+def _x86() -> bool:
+    import platform
+
+    return platform.machine().lower() in ("x86_64", "amd64", "i686", "x86")
+
+
+def graph_precision(spec: ModelSpec | None) -> str:
+    """The precision the manifest states (a graph without manifest is taken as FP32)."""
+    return str((spec.manifest or {}).get("precision") or "fp32") if spec is not None else "fp32"
 
 
 def _device_index(device: str | None) -> int:
@@ -184,7 +204,8 @@ class Segmenter:
         engine = resolved.path if resolved.kind == "engine" else (spec.engine_path if spec else None)
         onnx = resolved.path if resolved.kind == "onnx" else (spec.onnx_path if spec else None)
         if backend == "torch":
-            raise UserError("--backend torch runs .pth checkpoints; for .onnx/.engine models use onnxruntime or tensorrt")
+            raise UserError("--backend torch runs .pth checkpoints; for .onnx/.engine models use onnxruntime, "
+                            "openvino or tensorrt")
         if backend == "tensorrt":
             if engine is None:
                 raise UserError(f"no TensorRT engine recorded for {resolved.path.name}; build one with lrformer-export "
@@ -213,11 +234,45 @@ class Segmenter:
             raise UserError(f"{resolved.path}: the manifest names no ONNX graph to run")
         if not onnx.is_file():
             raise UserError(f"model file not found: {onnx}")
+        verify_artifact(onnx, spec, "onnx")  # never run a graph its manifest does not vouch for
+        precision = graph_precision(spec)
+        if backend == "openvino" or (backend == "auto" and self._auto_openvino(spec, precision, device)):
+            return self._openvino_runner(onnx, precision, device, announce=backend == "auto"), spec
         from lrformer_deploy.runtime.backends.ort import OnnxRuntimeRunner
 
-        verify_artifact(onnx, spec, "onnx")  # never run a graph its manifest does not vouch for
+        if precision == "bf16":
+            print(f"note: {onnx.name} is a bf16 artifact; ONNX Runtime runs its graph in FP32 "
+                  "(bf16 runs on --backend openvino)", file=sys.stderr)
         ort_device = device if device not in (None, "auto") else "auto"
         return OnnxRuntimeRunner(onnx, device=ort_device, intra_op_threads=self._threads), spec
+
+    @staticmethod
+    def _auto_openvino(spec: ModelSpec | None, precision: str, device: str | None) -> bool:
+        # The export's own measurement (precision_details.cpu_backends) decides where it made one.
+        manifest = (spec.manifest if spec else None) or {}
+        measured = (manifest.get("precision_details") or {}).get("cpu_backends") or {}
+        if "recommended" in measured:
+            wanted = measured["recommended"] == "openvino"
+        else:  # graphs shaped for a CPU only: a TensorRT-target INT8 graph keeps its old path
+            wanted = precision in AUTO_OPENVINO_PRECISIONS and manifest.get("target") == "cpu"
+        if not (wanted and (device or "auto").lower() in ("auto", "cpu") and _x86() and openvino_missing() is None):
+            return False
+        if (device or "auto").lower() == "auto":  # ONNX Runtime on CUDA keeps its place before any CPU backend
+            from lrformer_deploy.runtime.backends import available_backends
+
+            return "CUDAExecutionProvider" not in available_backends()["onnxruntime"]
+        return True
+
+    def _openvino_runner(self, onnx: Path, precision: str, device: str | None, announce: bool) -> Runner:
+        from lrformer_deploy.runtime.backends.openvino import OpenVINORunner
+
+        reason = openvino_missing()
+        if reason:
+            raise UserError(f"--backend openvino: {reason}")
+        if announce:
+            print(f"note: backend auto: OpenVINO runs this {precision} artifact (faster than ONNX Runtime on this "
+                  "CPU; --backend onnxruntime to override)", file=sys.stderr)
+        return OpenVINORunner(onnx, device=device, precision=precision, threads=self._threads)
 
     def _trt_runner(self, engine: Path, spec: ModelSpec | None, device: str | None) -> Runner:
         from lrformer_deploy.runtime.backends.trt import TensorRTRunner
@@ -233,6 +288,9 @@ class Segmenter:
         if backend == "tensorrt":
             raise UserError("a .pth checkpoint cannot run on TensorRT directly; export it and build an engine with "
                             "lrformer-export first")
+        if backend == "openvino":
+            raise UserError("a .pth checkpoint cannot run on OpenVINO directly; export it with lrformer-export "
+                            "--target cpu first")
         size = tuple(input_size or (512, 512))
         if size[0] % 32 or size[1] % 32:
             raise UserError(f"input size {size[0]}x{size[1]} must be a multiple of 32 on both sides")

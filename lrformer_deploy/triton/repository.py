@@ -3,6 +3,8 @@
     REPO/NAME/config.pbtxt          the ONNX graph on ONNX Runtime, CPU instances (Triton's default config)
     REPO/NAME/configs/cpu.pbtxt     the same (select with tritonserver --model-config-name=cpu)
     REPO/NAME/configs/gpu.pbtxt     the TensorRT plan (tensorrt_plan) when an engine exists, else the graph on GPU
+    REPO/NAME/configs/cpu-openvino.pbtxt  the same ONNX graph on Triton's openvino backend (CPU; bf16 artifacts
+                                    with HINT_BF16; written to Triton's schema, not run here: no such server)
     REPO/NAME/1/model.onnx, model.plan
     REPO/NAME_frames/               Python-backend model: BGR frames / JPEG / PNG in, masks at the frame size out
     REPO/README.md                  how to start Triton on it, and a client
@@ -122,6 +124,36 @@ def model_config(name: str, platform: str, filename: str, inputs: list[TensorInf
     return config
 
 
+def openvino_config(name: str, inputs: list[TensorInfo], outputs: list[TensorInfo], max_batch: int | None,
+                    instances: int = 1, threads: int = 0, bf16: bool = False) -> dict:
+    """config.pbtxt for Triton's OpenVINO backend running the ONNX graph on the CPU (its parameters:
+    PERFORMANCE_HINT, NUM_STREAMS, INFERENCE_NUM_THREADS, HINT_BF16).
+
+    That backend has no f32 hint: an FP32/INT8 graph runs at OpenVINO's default CPU precision, which is bf16
+    on CPUs with AMX (and on some with AVX512-BF16). lrformer-serve (the runtime's own OpenVINO runner)
+    pins f32; docs/cpu.md says so.
+    """
+    max_batch_size, ins = _batching(inputs, max_batch)
+    _, outs = _batching(outputs, max_batch)
+    params = {"PERFORMANCE_HINT": {"string_value": "LATENCY"}, "NUM_STREAMS": {"string_value": "1"}}
+    if threads:
+        params["INFERENCE_NUM_THREADS"] = {"string_value": str(threads)}
+    if bf16:
+        params["HINT_BF16"] = {"string_value": "YES"}
+    return {
+        "name": name,
+        "backend": "openvino",
+        "max_batch_size": max_batch_size,
+        "default_model_filename": ONNX_FILE,
+        "version_policy": {"latest": {"num_versions": 1}},
+        "input": ins,
+        "output": outs,
+        "instance_group": [{"name": f"{name}_cpu", "count": instances, "kind": Enum("KIND_CPU")}],
+        "dynamic_batching": {"max_queue_delay_microseconds": 1000} if max_batch_size else None,
+        "parameters": Map(params),
+    }
+
+
 def frames_config(name: str, spec, max_batch: int, instances: int, backend: str, resize: str,
                   threads: int, max_pixels: int = MAX_PIXELS_SERVE) -> dict:
     mask_type = "TYPE_UINT8" if mask_dtype(spec.num_classes) == "uint8" else "TYPE_UINT16"
@@ -226,6 +258,9 @@ def write_repository(manifest_path: Path, out_dir: Path, name: str | None = None
     atomic.write_text(model_dir / "config.pbtxt", render(onnx_cpu))
     atomic.write_text(model_dir / "configs" / "cpu.pbtxt", render(onnx_cpu))
     atomic.write_text(model_dir / "configs" / "gpu.pbtxt", render(gpu))
+    atomic.write_text(model_dir / "configs" / "cpu-openvino.pbtxt",
+                      render(openvino_config(name, inputs, outputs, max_batch, instances, threads,
+                                             bf16=manifest.get("precision") == "bf16")))
 
     frames = f"{name}{FRAMES_SUFFIX}"
     frames_dir = out_dir / frames
@@ -267,6 +302,10 @@ docker run --gpus all --rm -p 8000:8000 -p 8001:8001 -p 8002:8002 \\
   -v "$PWD":/models -v /path/to/lrformer-deploy:/src nvcr.io/nvidia/tritonserver:25.01-py3 \\
   bash -c 'pip install "/src[gpu]" && tritonserver --model-repository=/models --model-config-name=gpu'
 ```
+
+`--model-config-name=cpu-openvino` selects `configs/cpu-openvino.pbtxt`: the same graph on Triton's
+`openvino` backend on the CPU (a bf16 artifact with `HINT_BF16`; that backend cannot pin f32, so on CPUs
+with AMX an FP32 graph may run in bf16 there).
 
 `--model-config-name=gpu` selects `configs/gpu.pbtxt` ({'the TensorRT plan: it only loads on the TensorRT version and GPU generation it was built with, see `cc_model_filenames`' if plan else 'the ONNX graph on the GPU'});
 without it Triton uses `config.pbtxt` (ONNX Runtime on the CPU). `{frames}` needs lrformer-deploy in the

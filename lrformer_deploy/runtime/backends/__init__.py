@@ -1,7 +1,8 @@
 """Backends behind one interface (`Runner`: activate / infer / deactivate, usable as a context manager).
 
 Modules are imported lazily: `ort` needs onnxruntime, `trt` needs tensorrt + pycuda (or torch.cuda),
-`torch_runner` needs torch. Nothing heavy is imported by this package itself.
+`torch_runner` needs torch,
+`openvino` needs openvino. Nothing heavy is imported by this package itself.
 """
 from __future__ import annotations
 
@@ -23,7 +24,15 @@ def available_backends() -> dict[str, list[str] | bool]:
         "tensorrt": importlib.util.find_spec("tensorrt") is not None,
         "pycuda": importlib.util.find_spec("pycuda") is not None,
         "torch": importlib.util.find_spec("torch") is not None,
+        "openvino": importlib.util.find_spec("openvino") is not None,
     }
+
+
+def openvino_missing() -> str | None:
+    """Why OpenVINO cannot be used here, else None (a cheap check: no import)."""
+    if importlib.util.find_spec("openvino") is None:
+        return "OpenVINO is not installed (pip install 'lrformer-deploy[openvino]')"
+    return None
 
 
 def tensorrt_missing(purpose: str = "build") -> str | None:
