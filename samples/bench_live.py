@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import argparse
 import collections
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from lrformer_deploy.cpus import cpu_name
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_VIDEO = REPO.parent / "shared" / "data" / "car-detection.mp4"
@@ -65,16 +66,6 @@ class FakeCamera:
 
     def close(self) -> None:
         pass
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def main() -> None:

@@ -25,21 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
+from lrformer_deploy.cpus import cpu_name
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 VIDEO = REPO.parent / "shared" / "data" / "car-detection.mp4"
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or "unknown CPU"
 
 
 def read_frames(path: Path, count: int) -> list[np.ndarray]:

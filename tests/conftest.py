@@ -202,3 +202,13 @@ def pytest_runtest_setup(item):
         reason = _gpu_missing()
         if reason:
             pytest.skip(reason)
+
+
+def serve_module(name: str):
+    """A module of the serve extra: required in the `serve` nox session (LRFORMER_REQUIRE_SERVE=1), where these
+    tests must run, and a skip elsewhere (the `tests` session has numpy 2, which PyTriton cannot share)."""
+    import importlib
+
+    if os.environ.get("LRFORMER_REQUIRE_SERVE"):
+        return importlib.import_module(name)
+    return pytest.importorskip(name, reason="needs the serve extra; `nox -s serve` runs it")

@@ -13,7 +13,7 @@ import threading
 import numpy as np
 import pytest
 
-from conftest import read_video
+from conftest import read_video, serve_module
 from toy_graph import build_toy_segmenter
 from lrformer_deploy.errors import UserError
 from lrformer_deploy.runtime import segmenter as segmenter_module
@@ -330,7 +330,7 @@ def test_auto_keeps_onnxruntime_when_the_export_measured_it_faster(tmp_path, mon
 # ------------------------------------------------------------------------------------------- Triton
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_triton_repository_has_an_openvino_config_triton_parses(tmp_path, precision):
-    pytest.importorskip("tritonclient.grpc")
+    serve_module("tritonclient.grpc")
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2 as mc
 

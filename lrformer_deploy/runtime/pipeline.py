@@ -244,17 +244,23 @@ def run_pipeline(segmenter: Any, source: Source, outputs: Outputs, options: Pipe
         errors.append(exc)
         stop.set()
 
+    def decode_next(it) -> tuple[Frame | None, float]:
+        """The source's next frame (None at its end) and when its decode started; decode time is counted."""
+        t0 = time.perf_counter()
+        frame = next(it, None)
+        if frame is not None:
+            stats.add("decode", time.perf_counter() - t0)
+        return frame, t0
+
     def grabber() -> None:
         """Live sources: read the device continuously (it buffers, and stalls, if nobody reads), keeping only
         the newest frame in `slot`."""
         try:
             it = source.frames()
             while not stop.is_set():
-                t0 = time.perf_counter()
-                frame = next(it, None)
+                frame, _ = decode_next(it)
                 if frame is None:
                     break
-                stats.add("decode", time.perf_counter() - t0)
                 if frame.captured is None:
                     frame.captured = time.perf_counter()
                 slot.put(frame)
@@ -289,11 +295,9 @@ def run_pipeline(segmenter: Any, source: Source, outputs: Outputs, options: Pipe
             starts: list[float] = []
             it = source.frames()
             while not stop.is_set():
-                t0 = time.perf_counter()
-                frame = next(it, None)
+                frame, t0 = decode_next(it)
                 if frame is None:
                     break
-                stats.add("decode", time.perf_counter() - t0)
                 if frame.image is None:
                     # Undecodable image: passes through in order so the writer reports it.
                     if not _put(to_infer, _Batch([frame], [t0]), stop):
