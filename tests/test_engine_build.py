@@ -251,7 +251,8 @@ def test_building_from_a_channels_last_mask_graph_warns(fake_build, capsys):
 
 
 def test_export_cli_tf32_flag_reaches_the_builder(monkeypatch, tmp_path):
-    from lrformer_deploy.build import pipeline as build_mod
+    from lrformer_deploy.build import engine_step as step_mod
+    from lrformer_deploy.build import steps as steps_mod
     from lrformer_deploy.cli import export as cli_export
 
     seen = {}
@@ -266,7 +267,7 @@ def test_export_cli_tf32_flag_reaches_the_builder(monkeypatch, tmp_path):
     onnx.write_bytes(b"graph")
     for flags, expect in (([], None), (["--tf32"], True), (["--no-tf32"], False)):
         req = cli_export.request_from_args(cli_export.build_parser().parse_args(["--variant", "demo", *flags]))
-        art = build_mod.Artifact("fp32", onnx, tmp_path / "m.json", None)
-        build_mod._engine(req, art, build_mod._Steps(0, True))
+        art = steps_mod.Artifact("fp32", onnx, tmp_path / "m.json", None)
+        step_mod.engine_step(req, art, steps_mod.Steps(0, True))
         assert art.engine_skipped == "no GPU here"
         assert seen.get("tf32") is expect

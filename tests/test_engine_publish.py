@@ -13,7 +13,8 @@ import pytest
 from fake_tensorrt import FakeMemory, Recorder, make_trt
 from lrformer_deploy import manifest as mf
 from lrformer_deploy.build import engine as engine_build
-from lrformer_deploy.build import pipeline
+from lrformer_deploy.build import engine_step as step_mod
+from lrformer_deploy.build import steps as steps_mod
 from lrformer_deploy.build.request import BuildRequest
 from lrformer_deploy.errors import UserError
 from lrformer_deploy.runtime.backends import cuda as cuda_backend
@@ -45,7 +46,7 @@ class FakeEngineRunner:
 
 @pytest.fixture
 def engine_step(tiny_model, monkeypatch):
-    """(run(req_kwargs, trt_kwargs, runner_kwargs) -> Artifact, log, onnx path) around pipeline._engine."""
+    """(run(req_kwargs, trt_kwargs, runner_kwargs) -> Artifact, log, onnx path) around engine_step.engine_step."""
     onnx = tiny_model(head="mask", size=(64, 64))
     log = Recorder()
     smi = {"name": "NVIDIA A100", "compute_capability": "8.0", "driver": "560", "memory": "", "count": 1}
@@ -61,7 +62,7 @@ def engine_step(tiny_model, monkeypatch):
 
     def run(req_kwargs=None, trt_kwargs=None, runner_kwargs=None, manifest_edit=None):
         monkeypatch.setattr(engine_build, "_import_tensorrt", lambda: make_trt(log, **(trt_kwargs or {})))
-        monkeypatch.setattr(pipeline, "engine_runner",
+        monkeypatch.setattr(step_mod, "engine_runner",
                             lambda path, record, dev: FakeEngineRunner(onnx, log, **(runner_kwargs or {})))
         man_path = onnx.with_suffix(".json")
         manifest = json.loads(man_path.read_text())
@@ -69,8 +70,8 @@ def engine_step(tiny_model, monkeypatch):
             manifest_edit(manifest)
             man_path.write_text(json.dumps(manifest))
         kw = {"graph": onnx, "check_count": 2, "min_agreement": 0.99, "quiet": True, **(req_kwargs or {})}
-        art = pipeline.Artifact("fp32", onnx, man_path, manifest)
-        pipeline._engine(BuildRequest(**kw), art, pipeline._Steps(0, True), art)
+        art = steps_mod.Artifact("fp32", onnx, man_path, manifest)
+        step_mod.engine_step(BuildRequest(**kw), art, steps_mod.Steps(0, True), art)
         return art
 
     return run, log, onnx
@@ -104,7 +105,7 @@ def test_engine_below_the_threshold_is_refused_and_old_files_stay(engine_step):
     manifest["artifacts"]["engine"] = {"file": "tiny.engine", "note": "the old one"}
     man_path.write_text(json.dumps(manifest))
     before = man_path.read_text()
-    with pytest.raises(pipeline.EngineVerificationFailed, match="below the required") as err:
+    with pytest.raises(step_mod.EngineVerificationFailed, match="below the required") as err:
         run(runner_kwargs={"corrupt": True})
     assert err.value.report["mask_agreement"] == 0.0 and not err.value.report["passed"]
     assert "publish" not in log.names()
@@ -113,11 +114,11 @@ def test_engine_below_the_threshold_is_refused_and_old_files_stay(engine_step):
 
 
 def test_int8_engine_is_held_to_the_int8_threshold(engine_step, monkeypatch):
-    art = pipeline.Artifact("int8", None, None, {"model": {"checkpoint_sha256": "abc"}})
-    fp32 = pipeline.Artifact("fp32", None, None, {"model": {"checkpoint_sha256": "abc"}})
-    assert pipeline._threshold(BuildRequest(variant="T"), art, fp32) == 0.98
+    art = steps_mod.Artifact("int8", None, None, {"model": {"checkpoint_sha256": "abc"}})
+    fp32 = steps_mod.Artifact("fp32", None, None, {"model": {"checkpoint_sha256": "abc"}})
+    assert step_mod.threshold(BuildRequest(variant="T"), art, fp32) == 0.98
     art.precision = "fp16"
-    assert pipeline._threshold(BuildRequest(variant="T"), art, fp32) == 0.995
+    assert step_mod.threshold(BuildRequest(variant="T"), art, fp32) == 0.995
 
 
 def test_an_engine_that_cannot_run_here_is_not_published(engine_step):
@@ -174,8 +175,8 @@ def test_an_engine_its_manifest_does_not_record_is_refused(tiny_model):
 def test_engine_step_off_names_a_stale_engine(engine_step, capsys):
     run, log, onnx = engine_step
     onnx.with_suffix(".engine").write_bytes(b"OLD")
-    art = pipeline.Artifact("fp32", onnx, onnx.with_suffix(".json"), json.loads(onnx.with_suffix(".json").read_text()))
-    pipeline._stale_engine(BuildRequest(graph=onnx, engine="off"), art, "built with the engine step off")
+    art = steps_mod.Artifact("fp32", onnx, onnx.with_suffix(".json"), json.loads(onnx.with_suffix(".json").read_text()))
+    step_mod.stale_engine(BuildRequest(graph=onnx, engine="off"), art, "built with the engine step off")
     assert "tiny.engine is from an earlier build" in capsys.readouterr().err
     assert onnx.with_suffix(".engine").read_bytes() == b"OLD"  # kept: nothing written is lost
 
@@ -329,10 +330,10 @@ def test_export_cli_portability_flags_reach_the_builder(monkeypatch, tmp_path):
     onnx.write_bytes(b"graph")
     args = ["--variant", "demo", "--version-compatible", "--hardware-compatible", "same-cc", "--allow-plugins"]
     req = cli_export.request_from_args(cli_export.build_parser().parse_args(args))
-    pipeline._engine(req, pipeline.Artifact("fp32", onnx, None, None), pipeline._Steps(0, True))
+    step_mod.engine_step(req, steps_mod.Artifact("fp32", onnx, None, None), steps_mod.Steps(0, True))
     assert seen["version_compatible"] and seen["hardware_compatible"] == "same-cc" and seen["allow_plugins"]
     req = cli_export.request_from_args(cli_export.build_parser().parse_args(["--variant", "demo"]))
-    pipeline._engine(req, pipeline.Artifact("fp32", onnx, None, None), pipeline._Steps(0, True))
+    step_mod.engine_step(req, steps_mod.Artifact("fp32", onnx, None, None), steps_mod.Steps(0, True))
     assert not {"version_compatible", "hardware_compatible", "allow_plugins"} & set(seen)
 
 

@@ -7,7 +7,8 @@ request.py (what to build, validation) -> pipeline.py (build(): export, precisio
 with export.py (model -> static ONNX), engine.py (ONNX -> TensorRT engine), demo.py (the demo model)
 and on_demand.py (the runtime's one door into this package). Importing it does not import torch.
 """
-from lrformer_deploy.build.pipeline import Artifact, BuildResult, build
+from lrformer_deploy.build.pipeline import build
+from lrformer_deploy.build.steps import Artifact, BuildResult
 from lrformer_deploy.build.request import BuildRequest, validate
 
 __all__ = ["Artifact", "BuildRequest", "BuildResult", "build", "validate"]

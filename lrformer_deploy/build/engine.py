@@ -28,10 +28,13 @@ the engine as NAME.layers.json with per-precision layer counts in the record, an
 the equivalent `trtexec` command line. Portable engines: `version_compatible` (BuilderFlag.
 VERSION_COMPATIBLE; the runtime then sets engine_host_code_allowed) and `hardware_compatible`
 ("ampere+" or "same-cc": config.hardware_compatibility_level). A dynamic batch needs a batch_range:
-it is never guessed. build/pipeline.py verifies the engine against ONNX Runtime before publishing it.
+it is never guessed. build/engine_step.py verifies the engine against ONNX Runtime before publishing it.
 
 Without TensorRT or a GPU, build_engine raises EngineUnavailable(reason): the export CLI prints
 "engine step skipped: <reason>" and carries on. This module never imports torch.
+
+Why ~490 lines in one module: every call into TensorRT's builder lives here, so tests/test_tensorrt_api.py
+checks one place against the 10.x and 11.x bindings; the step around it (verify, publish) is engine_step.py.
 """
 from __future__ import annotations
 

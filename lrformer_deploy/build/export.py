@@ -3,6 +3,10 @@
 Every LRSA grid is a Python integer computed from the export resolution, pooling is AveragePool or
 constant pooling matrices, so the graph holds no data-dependent indexing (no Gather/ScatterND/Where/
 Loop/If, no Shape arithmetic). That is what lets TensorRT build it without plugins or surprises.
+
+Why ~500 lines in one module: the export, the graph edits it makes (dynamic-batch reads, the NCHW/NHWC
+mask tail, the uint8 input rewrite) and the check against PyTorch each read the graph the others wrote;
+the top-K tail and the uint8 preprocessing live in mask_tail.py and uint8.py.
 """
 from __future__ import annotations
 

@@ -17,93 +17,15 @@ Order of work, and why:
 """
 from __future__ import annotations
 
-import contextlib
 import json
-import shutil
-import sys
 import time
-import types
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
-import numpy as np
-
+from lrformer_deploy.build.engine_step import engine_step, stale_engine
 from lrformer_deploy.build.request import BuildRequest, check_graph_readable, check_memory, output_dir, validate
+from lrformer_deploy.build.steps import Artifact, BuildResult, Steps, note, staging
 from lrformer_deploy.contract import CPU_ONLY_PRECISIONS, REDUCED_PRECISIONS, check_export_size, graph_size
 from lrformer_deploy.errors import UserError
-
-
-@dataclass
-class Artifact:
-    """One graph and what was made from it."""
-
-    precision: str
-    onnx: Path
-    manifest_path: Path | None
-    manifest: dict | None
-    seconds: float = 0.0
-    reused: bool = False
-    engine: Path | None = None
-    engine_record: dict | None = None
-    engine_skipped: str | None = None  # why no engine was built (TensorRT or a GPU missing)
-    details: dict | None = None  # precision_details of a reduced graph made by this build
-
-
-@dataclass
-class BuildResult:
-    artifacts: dict[str, Artifact] = field(default_factory=dict)  # "fp32", "fp16", "int8"
-    seconds: float = 0.0
-    notes: list[str] = field(default_factory=list)
-
-    def __getitem__(self, precision: str) -> Artifact:
-        return self.artifacts[precision]
-
-
-# ---------------------------------------------------------------------------------------------- helpers
-class _Steps:
-    """A tqdm bar over the build's steps (export, check, FP16, INT8, engine); silent when quiet or when
-    stderr is not a terminal."""
-
-    def __init__(self, total: int, quiet: bool):
-        try:
-            from tqdm.auto import tqdm
-        except ImportError:  # tqdm comes with the `export` extra; a graph-only build runs without a bar
-            quiet = True
-
-            def tqdm(**_kw):
-                return types.SimpleNamespace(set_postfix_str=lambda *_: None, update=lambda *_: None,
-                                             close=lambda: None)
-        self.bar = tqdm(total=total, desc="build", unit="step", leave=False,
-                        disable=quiet or not sys.stderr.isatty(), file=sys.stderr)
-
-    @contextlib.contextmanager
-    def step(self, text: str) -> Iterator[None]:
-        self.bar.set_postfix_str(text)
-        yield
-        self.bar.update(1)
-
-    def close(self) -> None:
-        self.bar.close()
-
-
-@contextlib.contextmanager
-def _staging(out_dir: Path, stem: str) -> Iterator[Path]:
-    """A hidden folder beside the artifacts, removed whatever happens (failure, Ctrl-C, SIGTERM).
-
-    SIGKILL or a power loss cannot run that cleanup, so each staging folder holds an flock-held owner file
-    (locks.owned_temporary_folder), and every new one first removes the folders whose owner is gone."""
-    from lrformer_deploy.locks import owned_temporary_folder, remove_abandoned_folders
-
-    remove_abandoned_folders(out_dir, prefix=".", suffix=".partial")
-    with owned_temporary_folder(out_dir, prefix=f".{stem}.", suffix=".partial") as tmp:
-        yield tmp
-
-
-def _note(req: BuildRequest, result: BuildResult, text: str) -> None:
-    result.notes.append(text)
-    if not req.quiet:
-        print(f"note: {text}", file=sys.stderr)
 
 
 def _manifest_if_consistent(onnx_path: Path) -> dict | None:
@@ -136,7 +58,7 @@ def _load_model(req: BuildRequest, result: BuildResult):
         get_config(req.variant)
     except KeyError as exc:
         raise UserError(str(exc.args[0])) from None
-    _note(req, result, f"no --ckpt, exporting LRFormer-{req.variant} with RANDOM weights (seed 0)")
+    note(req, result, f"no --ckpt, exporting LRFormer-{req.variant} with RANDOM weights (seed 0)")
     torch.manual_seed(0)  # the same weights every time: a benchmark's PyTorch row rebuilds them
     return build_model(req.variant, req.num_classes or 150), None
 
@@ -156,7 +78,7 @@ def _resolve_dataset(name: str | None, num_classes: int):
 
 
 # ---------------------------------------------------------------------------------------------- steps
-def _fp32(req: BuildRequest, result: BuildResult, steps: _Steps) -> Artifact:
+def _fp32(req: BuildRequest, result: BuildResult, steps: Steps) -> Artifact:
     from lrformer_deploy import manifest as mf
     from lrformer_deploy.build.export import default_name, export_onnx
 
@@ -193,7 +115,7 @@ def _fp32(req: BuildRequest, result: BuildResult, steps: _Steps) -> Artifact:
     # (build/mask_tail.py, samples/bench_mask_tail.py).
     kwargs = {"mask_tail": "nchw" if req.target == "tensorrt" else "topk", **req.export_options}
     t0 = time.perf_counter()
-    with steps.step("FP32 export + check"), _staging(out_dir, name) as stage:
+    with steps.step("FP32 export + check"), staging(out_dir, name) as stage:
         res = export_onnx(model, stage, name, size=size, batch=req.batch, opset=req.opset, head=head,
                           dataset=dataset, variant=variant, checkpoint_sha256=ckpt_sha, quiet=req.quiet, **kwargs)
         manifest = res.manifest
@@ -202,7 +124,7 @@ def _fp32(req: BuildRequest, result: BuildResult, steps: _Steps) -> Artifact:
         # every later reader (lrformer-info, the runtime, a reduced graph's manifest) sees it.
         manifest["model"]["random_weights"] = req.checkpoint is None
         if manifest["opset"] != req.opset:
-            _note(req, result, f"the exporter wrote opset {manifest['opset']} (asked for {req.opset}); "
+            note(req, result, f"the exporter wrote opset {manifest['opset']} (asked for {req.opset}); "
                                "the manifest records what the graph holds")
         manifest["artifacts"]["onnx"] = mf.artifact_record(res.onnx_path, stage)
         mf.publish([(res.onnx_path, onnx_path)], manifest, mf.manifest_path_for(onnx_path))
@@ -293,7 +215,7 @@ def precision_manifest(fp32_manifest: dict, onnx_name: str, staged_onnx: Path, p
     return m
 
 
-def _bf16(req: BuildRequest, fp32: Artifact, steps: _Steps) -> Artifact:
+def _bf16(req: BuildRequest, fp32: Artifact, steps: Steps) -> Artifact:
     """NAME-bf16.json: a manifest naming the FP32 graph with precision bf16 (no second graph), after the same
     held-back accuracy check as FP16/INT8, run the way OpenVINO will run it."""
     from lrformer_deploy import manifest as mf
@@ -318,7 +240,7 @@ def _bf16(req: BuildRequest, fp32: Artifact, steps: _Steps) -> Artifact:
     return Artifact("bf16", fp32.onnx, manifest_path, m, seconds=time.perf_counter() - t0, details=details)
 
 
-def _reduced(req: BuildRequest, result: BuildResult, fp32: Artifact, precision: str, steps: _Steps) -> Artifact:
+def _reduced(req: BuildRequest, result: BuildResult, fp32: Artifact, precision: str, steps: Steps) -> Artifact:
     from lrformer_deploy import manifest as mf
 
     if precision == "bf16":
@@ -341,10 +263,10 @@ def _reduced(req: BuildRequest, result: BuildResult, fp32: Artifact, precision: 
     min_agreement = req.min_agreement
     if min_agreement is None and fp32.manifest is not None and not fp32.manifest["model"].get("checkpoint_sha256"):
         if "random weights" not in " ".join(result.notes):
-            _note(req, result, "random weights: reduced-precision agreement is reported, not enforced")
+            note(req, result, "random weights: reduced-precision agreement is reported, not enforced")
         min_agreement = 0.0
     t0 = time.perf_counter()
-    with steps.step(f"{precision.upper()} graph + accuracy check"), _staging(out_dir, final.stem) as stage:
+    with steps.step(f"{precision.upper()} graph + accuracy check"), staging(out_dir, final.stem) as stage:
         calib = req.calib
         if calib is None and precision == "int8":  # synthetic_calibration (checked by validate)
             calib = write_synthetic_calibration(out_dir / "calib-synthetic", req.calib_count, _graph_size(fp32))
@@ -357,13 +279,13 @@ def _reduced(req: BuildRequest, result: BuildResult, fp32: Artifact, precision: 
         details.setdefault("target", req.target)
         data = details.get("data", {})
         if data.get("check_held_back") is False:
-            _note(req, result, f"{precision.upper()} accuracy check: {data.get('source')} has no frames left to hold "
+            note(req, result, f"{precision.upper()} accuracy check: {data.get('source')} has no frames left to hold "
                                f"back from the {data.get('calibration_frames')} calibration frames, so the check "
                                "ran on calibration frames (check_held_back: false; give a longer source or a "
                                "smaller --calib-count for an independent check)")
-        note = (details.get("cpu_backends") or {}).get("note")
-        if note:
-            _note(req, result, note)
+        backend_note = (details.get("cpu_backends") or {}).get("note")
+        if backend_note:
+            note(req, result, backend_note)
         m = None
         if fp32.manifest is not None:
             m = precision_manifest(fp32.manifest, final.name, staged, precision, details, out_dir)
@@ -397,182 +319,6 @@ def write_synthetic_calibration(folder: Path, count: int, size: tuple[int, int],
     return folder
 
 
-def engine_batch_range(req: BuildRequest, art: Artifact) -> tuple[int, int, int] | None:
-    """The optimization profile of a dynamic-batch graph: the caller's, else the manifest's batch range
-    (what the runtime chunks by and what Triton's max_batch_size says), so every door into build() gets
-    the same engine as lrformer-export."""
-    if req.engine_options.get("batch_range"):
-        return tuple(int(v) for v in req.engine_options["batch_range"])
-    rng = ((art.manifest or {}).get("input") or {}).get("batch_range")
-    if rng:
-        lo, hi = int(rng[0]), int(rng[-1])
-        return (lo, hi, hi)
-    return None
-
-
-def _stale_engine(req: BuildRequest, art: Artifact, why: str) -> None:
-    """A NAME.engine from an earlier build beside a manifest that no longer records it: kept (nothing
-    written is lost) but named, and the runtime refuses to load it (runtime/spec.py)."""
-    old = art.onnx.with_suffix(".engine")
-    recorded = ((art.manifest or {}).get("artifacts") or {}).get("engine")
-    if old.is_file() and not recorded and not req.quiet:
-        print(f"note: {old.name} is from an earlier build and does not match {art.onnx.name} ({why}); it is "
-              "kept, but no longer used: delete it or build the engine again", file=sys.stderr)
-
-
-def _engine(req: BuildRequest, art: Artifact, steps: _Steps, fp32: Artifact | None = None) -> None:
-    """Build the strongly typed engine for one graph, verify it against ONNX Runtime's FP32 graph, and only
-    then publish it with its record in that graph's manifest."""
-    from lrformer_deploy import manifest as mf
-    from lrformer_deploy.build.engine import EngineUnavailable, build_engine, layer_report_name
-
-    engine_final = art.onnx.with_suffix(".engine")
-    folder = art.onnx.parent
-    options = dict(req.engine_options)
-    batch_range = engine_batch_range(req, art)
-    if batch_range is not None:
-        options["batch_range"] = batch_range
-    with steps.step(f"TensorRT engine ({art.precision})"), _staging(folder, engine_final.stem) as stage:
-        staged = stage / engine_final.name
-        # The builder keys its timing cache by TensorRT version and GPU; earlier caches are copied into
-        # the stage so the build reuses the matching one, and written back only on success.
-        for cache in folder.glob(f"{engine_final.stem}.trt*.timing-cache"):
-            shutil.copyfile(cache, stage / cache.name)
-        try:
-            record = build_engine(art.onnx, staged, workspace_gib=req.workspace_gib, **options)
-        except EngineUnavailable as exc:
-            if req.engine == "require":
-                raise UserError(f"--engine was demanded but cannot be built: {exc.reason}") from None
-            art.engine_skipped = exc.reason
-            _stale_engine(req, art, "engine step skipped")
-            return
-        record["file"] = engine_final.name
-        try:
-            record["verification"] = verify_engine(req, art, fp32 or art, staged, record)
-        except EngineUnavailable as exc:  # built, but cannot be run here: never published unverified
-            if req.engine == "require":
-                raise UserError(f"the engine was built but cannot be verified: {exc.reason}") from None
-            art.engine_skipped = f"built but not verified, so not published: {exc.reason}"
-            _stale_engine(req, art, "new engine not verified")
-            return
-        files = [(staged, engine_final)]
-        cache_name = (record.get("build_options") or {}).get("timing_cache")
-        if cache_name and (stage / cache_name).is_file():
-            files.append((stage / cache_name, folder / cache_name))
-        report = layer_report_name(staged)
-        if report.is_file():
-            files.append((report, layer_report_name(engine_final)))
-        if art.manifest is not None:
-            art.manifest["artifacts"]["engine"] = record
-            mf.publish(files, art.manifest, art.manifest_path)
-        else:
-            mf.publish(files)
-    art.engine, art.engine_record = engine_final, record
-
-
-class EngineVerificationFailed(UserError):
-    """The engine's masks disagree with ONNX Runtime's FP32 graph beyond the precision's threshold."""
-
-    def __init__(self, message: str, report: dict):
-        super().__init__(message)
-        self.report = report
-
-
-def engine_runner(engine: Path, record: dict, device_id: int):
-    """The runner verification uses: the runtime's own TensorRT runner (so what is verified is what runs)."""
-    from lrformer_deploy.runtime.backends.trt import TensorRTRunner
-
-    return TensorRTRunner(engine, record, device_id=device_id)
-
-
-def _threshold(req: BuildRequest, art: Artifact, fp32: Artifact) -> float | None:
-    from lrformer_deploy.precision.accuracy import DEFAULT_MIN_AGREEMENT
-
-    if req.min_agreement is not None:
-        return req.min_agreement
-    model = (fp32.manifest or art.manifest or {}).get("model") or {}
-    if (fp32.manifest or art.manifest) is not None and not model.get("checkpoint_sha256"):
-        return 0.0  # random weights: near-ties everywhere, agreement is reported, not enforced
-    # FP32 and FP16 engines are held to the FP16 graph's threshold, INT8 engines to the INT8 one.
-    return DEFAULT_MIN_AGREEMENT["int8" if art.precision == "int8" else "fp16"]
-
-
-def verify_engine(req: BuildRequest, art: Artifact, fp32: Artifact, engine: Path, record: dict) -> dict:
-    """Run the staged engine on held-back frames next to ONNX Runtime's FP32 graph; the report, or
-    EngineVerificationFailed below the threshold. EngineUnavailable when the engine cannot run here."""
-    from lrformer_deploy.build.engine import EngineUnavailable
-    from lrformer_deploy.contract import IMAGENET_MEAN, IMAGENET_STD
-    from lrformer_deploy.precision.pipeline import held_back_frames
-    from lrformer_deploy.runtime.backends.ort import OnnxRuntimeRunner
-
-    inp = (fp32.manifest or art.manifest or {}).get("input", {})
-    mean, std = inp.get("mean", IMAGENET_MEAN), inp.get("std", IMAGENET_STD)
-    frames, data = held_back_frames(req.calib, req.calib_count, req.check_count, _graph_size(fp32), mean, std)
-    if inp.get("dtype") == "uint8":  # a uint8-input graph: the same frames as the client sends them
-        from lrformer_deploy.build.uint8 import frames_as_uint8
-
-        frames = frames_as_uint8(frames, mean, std)
-    reference = OnnxRuntimeRunner(fp32.onnx, device="cpu").activate()
-    try:
-        runner = engine_runner(engine, record, int(req.engine_options.get("device_id", 0))).activate()
-    except UserError as exc:
-        reference.deactivate()
-        raise EngineUnavailable(str(exc)) from None
-    try:
-        (in_name, in_shape), = reference.io_info()[0][:1]
-        static_batch = in_shape[0] if isinstance(in_shape[0], int) and in_shape[0] > 0 else None
-        chunk = static_batch or int((record.get("build_options") or {}).get("optimization_profile", [1])[-1])
-        ref_out, eng_out = [], []
-        for start in range(0, len(frames), chunk):
-            batch = frames[start:start + chunk]
-            n = len(batch)
-            if static_batch and n < static_batch:  # a static engine takes exactly its batch
-                batch = np.concatenate([batch, np.repeat(batch[-1:], static_batch - n, axis=0)])
-            ref_out.append({k: v[:n] for k, v in reference.infer({in_name: batch}).items()})
-            eng_out.append({k: np.asarray(v)[:n] for k, v in runner.infer({in_name: batch}).items()})
-    finally:
-        runner.deactivate()
-        reference.deactivate()
-    report = compare_outputs(ref_out, eng_out)
-    threshold = _threshold(req, art, fp32)
-    report.update({"reference": fp32.onnx.name, "engine": record.get("file"), "frames": int(len(frames)),
-                   "data": data, "backend": "tensorrt vs onnxruntime CPUExecutionProvider (FP32 graph)",
-                   "min_agreement": threshold,
-                   "passed": threshold is None or report["mask_agreement"] >= threshold})
-    if not report["passed"]:
-        raise EngineVerificationFailed(
-            f"{record.get('file')}: mask agreement with the FP32 graph on ONNX Runtime is "
-            f"{report['mask_agreement']:.4f}, below the required {threshold:.4f}; the engine was not published "
-            "(the previous files are untouched)", report)
-    return report
-
-
-def compare_outputs(ref: list[dict], test: list[dict]) -> dict:
-    """Mask agreement (and the logits' relative error when the model outputs logits) over all chunks."""
-    name = "mask" if "mask" in ref[0] else next(iter(ref[0]))
-    agree, per_frame = [], []
-    diff_sq = ref_sq = 0.0
-    for r, t in zip(ref, test):
-        a, b = np.asarray(t[name]), np.asarray(r[name])
-        if a.shape != b.shape:
-            raise UserError(f"the engine's {name} has shape {a.shape}, ONNX Runtime's {b.shape}")
-        if name == "mask":
-            same = a.astype(np.int64) == b.astype(np.int64)
-        else:
-            a64, b64 = a.astype(np.float64), b.astype(np.float64)
-            diff_sq += float(np.sum((a64 - b64) ** 2))
-            ref_sq += float(np.sum(b64 * b64))
-            same = a64.argmax(axis=1) == b64.argmax(axis=1)
-        per_frame.extend(float(same[i].mean()) for i in range(len(same)))
-        agree.append(same)
-    rel = None if name == "mask" else float(f"{(diff_sq / ref_sq) ** 0.5 if ref_sq > 0 else 0.0:.4g}")
-    return {"compared": name, "mask_agreement": round(float(np.mean(per_frame)), 6),
-            "mask_agreement_min_frame": round(float(min(per_frame)), 6),
-            "logits_rel_error": rel,
-            "logits_note": None if rel is not None else
-            "mask head: the logits are inside the engine; the masks are compared"}
-
-
 # ---------------------------------------------------------------------------------------------- entry point
 def build(req: BuildRequest) -> BuildResult:
     """Validate `req`, then make every artifact it asks for; see the module docstring for the guarantees.
@@ -591,7 +337,7 @@ def build(req: BuildRequest) -> BuildResult:
     precisions = [p for p in REDUCED_PRECISIONS if p in req.precisions]
     graphs = [p for p in precisions if p not in CPU_ONLY_PRECISIONS]  # bf16 has no graph of its own to build
     n_engines = 0 if req.engine == "off" else max(1, len(graphs))
-    steps = _Steps(1 + len(precisions) + n_engines, req.quiet)
+    steps = Steps(1 + len(precisions) + n_engines, req.quiet)
     try:
         fp32 = _existing(req) if req.graph is not None else _fp32(req, result, steps)
         if req.graph is not None:
@@ -601,9 +347,9 @@ def build(req: BuildRequest) -> BuildResult:
             result.artifacts[precision] = _reduced(req, result, fp32, precision, steps)
         for art in [result.artifacts[p] for p in graphs] or [fp32]:
             if req.engine != "off":
-                _engine(req, art, steps, fp32)
+                engine_step(req, art, steps, fp32)
             else:
-                _stale_engine(req, art, "built with the engine step off")
+                stale_engine(req, art, "built with the engine step off")
     finally:
         steps.close()
     result.seconds = time.perf_counter() - t0
