@@ -17,6 +17,11 @@ A caller's CUDA stream may be passed as an int handle, a pycuda Stream or a torc
 stream the runner creates is created once, in `activate()`, inside the device's context (a pycuda
 Stream needs a current context).
 
+Static-shape engines replay a CUDA graph of `execute_async_v3` (captured once through the driver API
+after one plain execution) while the inputs are bound to the runner's own buffers; dynamic-shape
+engines, the legacy default stream and a failed capture run plainly. `cuda_graph=False` or
+LRFORMER_TRT_CUDA_GRAPH=0 turns it off; `cuda_graph_status` says which applies.
+
 An engine only loads with the TensorRT version and GPU generation that built it, so the manifest's
 engine record is compared with the running ones first and a mismatch is one clear UserError.
 
@@ -27,6 +32,7 @@ here against the real bindings' symbol tables; samples/gpu_check.py runs it on a
 """
 from __future__ import annotations
 
+import os
 import sys
 import threading
 from pathlib import Path
@@ -157,13 +163,18 @@ class TensorRTRunner(Runner):
     thread_safe = False
 
     def __init__(self, engine_path: str | Path, engine_record: dict[str, Any] | None = None, device_id: int = 0,
-                 stream: Any = None, memory: str = "auto") -> None:
+                 stream: Any = None, memory: str = "auto", cuda_graph: bool | None = None) -> None:
         super().__init__()
         self.engine_path = Path(engine_path)
         self.engine_record = engine_record
         self.device_id = device_id
         self.user_stream = stream
         self.memory_kind = memory
+        # CUDA-graph replay of execute_async_v3 for static-shape engines (see _execute); on by default,
+        # LRFORMER_TRT_CUDA_GRAPH=0 or cuda_graph=False turns it off.
+        self.cuda_graph = (os.environ.get("LRFORMER_TRT_CUDA_GRAPH", "1") != "0") if cuda_graph is None else cuda_graph
+        self.cuda_graph_status = "not activated"
+        self._graph = None
         self.name = "tensorrt"
 
     def _activate(self) -> None:
@@ -221,6 +232,8 @@ class TensorRTRunner(Runner):
             self._own_copies = copy_stream is None
             # The caller's stream cannot carry our copies: copy on a private stream, synchronised on both sides.
             self._copy_stream = self.mem.new_stream() if self._own_copies else copy_stream
+            self._graph = None
+            self.cuda_graph_status = self._graph_eligibility()
         except BaseException:
             self._release_engine()
             raise
@@ -241,7 +254,67 @@ class TensorRTRunner(Runner):
                             "it was probably built by another TensorRT version or for another GPU; rebuild it here")
         return runtime, engine, logger
 
+    def _graph_eligibility(self) -> str:
+        """"warm-up" when capture will be tried after the first plain execution, else why it never is."""
+        if not self.cuda_graph:
+            return "off (disabled)"
+        if self.dynamic:
+            # A graph freezes the shapes it was captured with; re-capturing per batch size is not worth it.
+            return "off (dynamic input shapes)"
+        if any(d < 0 for shape, *_ in self.outputs.values() for d in shape):
+            # Data-dependent output shapes need an output allocator during enqueue: not capturable.
+            return "off (data-dependent output shapes)"
+        if self._stream_handle in (0, cuda.LEGACY_DEFAULT_STREAM):
+            return "off (the legacy default stream cannot be captured)"
+        return "warm-up"
+
+    def _execute(self, handle: int, own_buffers: bool) -> None:
+        """execute_async_v3, or the replay of its CUDA graph when every input is bound to our own buffers.
+
+        The graph holds the addresses bound at capture, so it is only replayed while the inputs are bound
+        to the runner's buffers (host inputs, or GPU inputs copied into them); a GPU input bound in
+        place runs plainly. Capture follows one plain execution (TensorRT does deferred setup on the
+        first enqueue, which must not land in the graph) and is tried once: a failure is remembered and
+        every later call runs plainly.
+        """
+        if self._graph is not None and own_buffers:
+            self.mem.graph_launch(self._graph, handle)
+            return
+        if not self.context.execute_async_v3(handle):
+            raise RuntimeError(f"TensorRT execute_async_v3 failed for {self.engine_path.name}")
+        if own_buffers and self.cuda_graph_status == "warm-up":
+            self._capture(handle)
+
+    def _capture(self, handle: int) -> None:
+        # Capturing records the enqueued work without running it: this call's results come from the
+        # plain execution just issued.
+        try:
+            self.mem.capture_begin(handle)
+        except Exception as exc:
+            self.cuda_graph_status = f"off (capture failed: {exc})"
+            return
+        ok, error, graph = False, None, None
+        try:
+            ok = bool(self.context.execute_async_v3(handle))
+        except Exception as exc:
+            error = exc
+        finally:
+            try:  # always end the capture, so the stream leaves capture mode
+                graph = self.mem.capture_end(handle)
+            except Exception as exc:
+                error = error or exc
+        if ok and graph is not None:
+            self._graph = graph
+            self.cuda_graph_status = "replaying"
+            return
+        if graph is not None:
+            self.mem.graph_destroy(graph)
+        self.cuda_graph_status = f"off (capture failed: {error or 'execute_async_v3 returned False'})"
+
     def _release_engine(self) -> None:
+        if self._graph is not None:
+            self.mem.graph_destroy(self._graph)
+            self._graph = None
         self.context = None
         self.engine = None
         if getattr(self, "_engine_key", None) is not None:
@@ -288,7 +361,7 @@ class TensorRTRunner(Runner):
         handle, copy_stream, own_copies = self._stream_handle, self._copy_stream, self._own_copies
         self.mem.push()
         try:
-            producers, device_copies = [], []
+            producers, device_copies, own_buffers = [], [], True
             for name, (shape, dtype, ptr) in self.inputs.items():
                 value = feed[name]
                 on_gpu = cuda.device_pointer(value, dtype, shape, self.dynamic)
@@ -303,6 +376,7 @@ class TensorRTRunner(Runner):
                         device_copies.append((ptr, gpu_ptr, int(np.prod(gpu_shape)) * dtype.itemsize))
                     else:
                         self._bind(name, gpu_ptr)
+                        own_buffers = own_buffers and gpu_ptr == ptr
                     if producer is not None and producer != handle:
                         producers.append(producer)
                     continue
@@ -323,8 +397,7 @@ class TensorRTRunner(Runner):
                 self.mem.dtod(dst, src, nbytes, handle)
             if own_copies:
                 self.mem.synchronize(copy_stream)
-            if not self.context.execute_async_v3(handle):
-                raise RuntimeError(f"TensorRT execute_async_v3 failed for {self.engine_path.name}")
+            self._execute(handle, own_buffers)
             if own_copies:
                 self._sync_handle(handle)
             results = {}
