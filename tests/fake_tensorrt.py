@@ -278,7 +278,7 @@ class FakeMemory:
         self.log("sync_handle", handle)
 
     def htod(self, dst, src, stream):
-        self.log("htod", dst, src.shape)
+        self.log("htod", dst, src.shape, getattr(stream, "handle", stream))
 
     def dtoh(self, dst, src, stream):
         self.log("dtoh", src)
@@ -308,6 +308,14 @@ class FakeMemory:
 
     def graph_destroy(self, graph):
         self.log("graph_destroy", graph)
+
+    def record_event(self, handle):
+        self.events = getattr(self, "events", 0) + 1
+        self.log("record_event", handle, 5000 + self.events)
+        return 5000 + self.events
+
+    def event_wait(self, event):
+        self.log("event_wait", event)
 
     def release(self):
         self.log("release")

@@ -238,10 +238,10 @@ def test_static_engine_is_captured_once_after_a_warm_up_and_replayed(runner_fact
         assert "execute_async_v3" not in log.names() and "capture_begin" not in log.names()
         names = log.names()
         launch = names.index("graph_launch")
-        assert log.calls[launch][1:] == (runner._graph, handle)
+        assert log.calls[launch][1:] == (runner._graphs[0], handle)
         assert names.index("htod") < launch < names.index("dtoh")  # copies still around the replay
         assert set(out) == {"mask"}
-    graph = runner._graph
+    graph = runner._graphs[0]
     runner.deactivate()
     assert ("graph_destroy", graph) in log.calls
     assert log.names().index("graph_destroy") < log.names().index("release")
@@ -252,7 +252,7 @@ def test_a_failed_capture_falls_back_and_is_not_retried(runner_factory):
     runner = make(capture_ok=False).activate()
     runner.infer({"image": HOST})
     assert runner.cuda_graph_status.startswith("off (capture failed")
-    assert runner._graph is None and "capture_end" in log.names()  # the capture was ended, not left open
+    assert not runner._graphs and "capture_end" in log.names()  # the capture was ended, not left open
     log.calls.clear()
     runner.infer({"image": HOST})
     runner.infer({"image": HOST})
@@ -274,7 +274,7 @@ def test_capture_is_ended_when_execute_returns_false_during_capture(runner_facto
     runner.infer({"image": HOST})
     graph_made = [c for c in log.calls if c[0] == "capture_end"]
     assert graph_made and ("graph_destroy", 7001) in log.calls
-    assert runner._graph is None and "returned False" in runner.cuda_graph_status
+    assert not runner._graphs and "returned False" in runner.cuda_graph_status
 
 
 @pytest.mark.parametrize("how", ["argument", "env"])
@@ -346,3 +346,83 @@ def test_driver_graph_calls_end_capture_and_free_the_graph(monkeypatch):
     with pytest.raises(RuntimeError, match="cuGraphInstantiateWithFlags failed with CUDA error 999"):
         cuda_backend.CudaDriver.capture_end(5)
     assert calls[-1] == "cuGraphDestroy"  # the captured graph is freed even when instantiation fails
+
+
+# submit()/collect(): the copy of batch k+1 overlaps the execution of batch k (issue 19, throughput).
+# Call order only; that the GPU really overlaps them is not shown here (not run on a GPU).
+
+def _mark_outputs(runner, log):
+    """Make the fake's device->host copy write the source address, so a result names the buffer it came from."""
+    def dtoh(dst, src, stream):
+        log("dtoh", src, getattr(stream, "handle", stream))
+        dst[...] = src % 100000
+    runner.mem.dtoh = dtoh
+
+
+def test_submit_copies_the_next_batch_before_waiting_for_the_previous_one(runner_factory):
+    make, log = runner_factory
+    runner = make().activate()
+    _mark_outputs(runner, log)
+    handle = runner._stream_handle
+    log.calls.clear()
+    first = runner.submit({"image": HOST})
+    second = runner.submit({"image": HOST + 1})
+    in_stream, out_stream = (s.handle for s in runner._overlap_streams)
+    assert len({handle, in_stream, out_stream}) == 3
+    copies = [c for c in log.calls if c[0] == "htod"]
+    assert [c[3] for c in copies] == [in_stream, in_stream]  # never on the engine stream
+    slot0, slot1 = runner._slots[0][0]["image"][0], runner._slots[1][0]["image"][0]
+    assert [c[1] for c in copies] == [slot0, slot1] and slot0 != slot1
+    names = log.names()
+    # Batch 2's copy is issued while batch 1 is still in flight (no host wait in between) ...
+    assert "event_wait" not in names
+    # ... and each execution waits on the GPU for its own copy, then the output stream waits for it.
+    second_copy = [i for i, c in enumerate(log.calls) if c[0] == "htod"][1]
+    runs = [i for i, n in enumerate(names) if n == "execute_async_v3"]
+    assert runs[0] < second_copy < runs[-1]
+    waits = [c[1:3] for c in log.calls if c[0] == "stream_wait"]
+    assert (handle, in_stream) in waits and (out_stream, handle) in waits
+    out1, out2 = runner.collect(first), runner.collect(second)
+    assert [c[1] for c in log.calls if c[0] == "event_wait"] == [first.event, second.event]
+    out0 = runner._slots[0][1]["mask"][0] % 100000
+    out1_ptr = runner._slots[1][1]["mask"][0] % 100000
+    assert (out1["mask"] == out0).all() and (out2["mask"] == out1_ptr).all()  # in order, from their own slots
+    # The output addresses of each slot were bound before that slot's execution.
+    bound = [(c[1], c[2]) for c in log.calls if c[0] == "set_tensor_address"]
+    assert ("mask", runner._slots[1][1]["mask"][0]) in bound
+
+
+def test_submit_keeps_two_batches_in_flight_and_infer_drains_them(runner_factory):
+    make, log = runner_factory
+    runner = make(cuda_graph=False).activate()
+    _mark_outputs(runner, log)
+    tickets = [runner.submit({"image": HOST}) for _ in range(4)]
+    # The third and fourth submits reused slots 0 and 1, so each first waited for the batch two before it.
+    assert [c[1] for c in log.calls if c[0] == "event_wait"] == [tickets[0].event, tickets[1].event]
+    assert len(runner._inflight) == 2
+    log.calls.clear()
+    out = runner.infer({"image": HOST})
+    names = log.names()
+    assert names.count("event_wait") == 2 and names.index("event_wait") < names.index("execute_async_v3")
+    # Slot 1's output address was bound last by a submit; infer binds its own back before running.
+    assert ("set_tensor_address", "mask", runner.outputs["mask"][2], True) in log.calls
+    assert (out["mask"] == runner.outputs["mask"][2] % 100000).all()
+    assert all((runner.collect(t)["mask"] == runner._slots[i % 2][1]["mask"][0] % 100000).all()
+               for i, t in enumerate(tickets))
+
+
+def test_submit_replays_one_graph_per_buffer_slot(runner_factory):
+    make, log = runner_factory
+    runner = make().activate()
+    for _ in range(6):
+        runner.collect(runner.submit({"image": HOST}))
+    assert set(runner._graphs) == {0, 1} and log.names().count("capture_begin") == 2
+    launches = [c[1] for c in log.calls if c[0] == "graph_launch"]
+    assert launches == [runner._graphs[0], runner._graphs[1]] * 2
+
+
+def test_submit_with_a_gpu_input_runs_synchronously(runner_factory):
+    make, log = runner_factory
+    runner = make().activate()
+    ticket = runner.submit({"image": GpuArray(256 * 9999, (1, 3, 4, 4), stream=None)})
+    assert ticket.result is not None and not runner._inflight and runner.collect(ticket) is ticket.result

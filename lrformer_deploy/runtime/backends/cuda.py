@@ -94,6 +94,27 @@ class CudaDriver:
         cls.lib().cuGraphExecDestroy(ctypes.c_void_p(graph_exec))
 
     @classmethod
+    def record_event(cls, handle: int) -> int:
+        """An event recorded on the raw stream `handle`, for `event_wait` (which destroys it)."""
+        lib, event = cls.lib(), ctypes.c_void_p()
+        # Blocking sync: a waiting host thread sleeps instead of spinning, leaving the CPU to the pipeline.
+        cls._check("cuEventCreate", lib.cuEventCreate(ctypes.byref(event), 3))  # BLOCKING_SYNC | DISABLE_TIMING
+        try:
+            cls._check("cuEventRecord", lib.cuEventRecord(event, ctypes.c_void_p(handle)))
+        except RuntimeError:
+            lib.cuEventDestroy_v2(event)
+            raise
+        return int(event.value)
+
+    @classmethod
+    def event_wait(cls, event: int) -> None:
+        lib = cls.lib()
+        try:
+            cls._check("cuEventSynchronize", lib.cuEventSynchronize(ctypes.c_void_p(event)))
+        finally:
+            lib.cuEventDestroy_v2(ctypes.c_void_p(event))
+
+    @classmethod
     def stream_synchronize(cls, handle: int) -> None:
         rc = cls.lib().cuStreamSynchronize(ctypes.c_void_p(handle))
         if rc != 0:
@@ -169,6 +190,12 @@ class PycudaMemory:
 
     def graph_destroy(self, graph_exec: int) -> None:
         CudaDriver.graph_destroy(graph_exec)
+
+    def record_event(self, handle: int) -> int:
+        return CudaDriver.record_event(handle)
+
+    def event_wait(self, event: int) -> None:
+        CudaDriver.event_wait(event)
 
     def release(self) -> None:
         for buf in self._keep:
@@ -260,6 +287,12 @@ class TorchMemory:
 
     def graph_destroy(self, graph_exec: int) -> None:
         CudaDriver.graph_destroy(graph_exec)
+
+    def record_event(self, handle: int) -> int:
+        return CudaDriver.record_event(handle)
+
+    def event_wait(self, event: int) -> None:
+        CudaDriver.event_wait(event)
 
     def release(self) -> None:
         self._keep.clear()
