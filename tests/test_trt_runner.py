@@ -426,3 +426,17 @@ def test_submit_with_a_gpu_input_runs_synchronously(runner_factory):
     runner = make().activate()
     ticket = runner.submit({"image": GpuArray(256 * 9999, (1, 3, 4, 4), stream=None)})
     assert ticket.result is not None and not runner._inflight and runner.collect(ticket) is ticket.result
+
+
+def test_a_failed_capture_for_the_second_slot_keeps_replaying_the_first(runner_factory):
+    make, log = runner_factory
+    runner = make().activate()
+    runner.collect(runner.submit({"image": HOST}))  # slot 0: captured
+    runner.mem.capture_ok = False
+    runner.collect(runner.submit({"image": HOST}))  # slot 1: capture fails
+    assert set(runner._graphs) == {0} and "capture failed" in runner.cuda_graph_status
+    log.calls.clear()
+    for _ in range(4):
+        runner.collect(runner.submit({"image": HOST}))
+    assert [c[0] for c in log.calls if c[0] in ("graph_launch", "execute_async_v3", "capture_begin")] == \
+        ["graph_launch", "execute_async_v3"] * 2

@@ -20,7 +20,8 @@ Stream needs a current context).
 Static-shape engines replay a CUDA graph of `execute_async_v3` (captured once through the driver API
 after one plain execution) while the inputs are bound to the runner's own buffers; dynamic-shape
 engines, the legacy default stream and a failed capture run plainly. `cuda_graph=False` or
-LRFORMER_TRT_CUDA_GRAPH=0 turns it off; `cuda_graph_status` says which applies.
+LRFORMER_TRT_CUDA_GRAPH=0 turns it off; `cuda_graph_status` says which applies. `submit()`/`collect()`
+overlap the host->device copy of the next batch with the execution of the current one (video pipeline).
 
 An engine only loads with the TensorRT version and GPU generation that built it, so the manifest's
 engine record is compared with the running ones first and a mismatch is one clear UserError.
@@ -318,7 +319,10 @@ class TensorRTRunner(Runner):
             return
         if graph is not None:
             self.mem.graph_destroy(graph)
-        self.cuda_graph_status = f"off (capture failed: {error or 'execute_async_v3 returned False'})"
+        reason = f"capture failed: {error or 'execute_async_v3 returned False'}"
+        # Graphs already captured for other buffer slots stay valid and keep being replayed.
+        self.cuda_graph_status = (f"replaying slot(s) {sorted(self._graphs)} only ({reason})" if self._graphs
+                                  else f"off ({reason})")
 
     def _release_engine(self) -> None:
         for graph in self._graphs.values():
