@@ -235,8 +235,9 @@ class FakeMemory:
 
     kind = "fake"
 
-    def __init__(self, log: Recorder, name="Fake GPU", cc=(8, 9)):
-        self.log, self.name, self.cc = log, name, cc
+    def __init__(self, log: Recorder, name="Fake GPU", cc=(8, 9), capture_ok=True):
+        self.log, self.name, self.cc, self.capture_ok = log, name, cc, capture_ok
+        self.graphs = 0
         self.depth = 0
         self.next_ptr = 1 << 20
         self.streams = 0
@@ -277,7 +278,7 @@ class FakeMemory:
         self.log("sync_handle", handle)
 
     def htod(self, dst, src, stream):
-        self.log("htod", dst, src.shape)
+        self.log("htod", dst, src.shape, getattr(stream, "handle", stream))
 
     def dtoh(self, dst, src, stream):
         self.log("dtoh", src)
@@ -290,6 +291,31 @@ class FakeMemory:
 
     def dtod(self, dst, src, nbytes, handle):
         self.log("dtod", dst, src, nbytes, handle)
+
+    def capture_begin(self, handle):
+        self.log("capture_begin", handle)
+
+    def capture_end(self, handle):
+        # Like cuStreamEndCapture after an enqueue that is not capturable: the capture is invalidated.
+        self.log("capture_end", handle)
+        if not self.capture_ok:
+            raise RuntimeError("cuStreamEndCapture failed with CUDA error 901")
+        self.graphs += 1
+        return 7000 + self.graphs
+
+    def graph_launch(self, graph, handle):
+        self.log("graph_launch", graph, handle)
+
+    def graph_destroy(self, graph):
+        self.log("graph_destroy", graph)
+
+    def record_event(self, handle):
+        self.events = getattr(self, "events", 0) + 1
+        self.log("record_event", handle, 5000 + self.events)
+        return 5000 + self.events
+
+    def event_wait(self, event):
+        self.log("event_wait", event)
 
     def release(self):
         self.log("release")

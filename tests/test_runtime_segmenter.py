@@ -280,3 +280,58 @@ def test_checkpoint_runs_on_torch_and_through_in_memory_export(tmp_path):
     tmp_dir = exported._tmpdir
     exported.close()
     assert tmp_dir is not None and not tmp_dir.exists()
+
+
+class OverlappingSegmenter:
+    """A Segmenter whose runner overlaps (as TensorRT's submit/collect): records the order of the calls and
+    computes each result only at collect, so a result handed over before its collect would be missing."""
+
+    can_overlap = True
+
+    def __init__(self, seg) -> None:
+        self.seg, self.calls, self.count = seg, [], 0
+
+    def __getattr__(self, name):
+        return getattr(self.seg, name)
+
+    def submit(self, tensor):
+        self.count += 1
+        self.calls.append(("submit", self.count))
+        return self.count, tensor.copy()
+
+    def collect(self, ticket):
+        self.calls.append(("collect", ticket[0]))
+        return self.seg.infer(ticket[1])
+
+
+@pytest.mark.parametrize("overlap", [True, False, "env=0"])
+def test_pipeline_overlaps_submit_of_the_next_batch_with_the_previous_one(tiny_model, tmp_path, overlap, monkeypatch):
+    if overlap == "env=0":
+        monkeypatch.setenv("LRFORMER_TRT_OVERLAP", "0")
+        overlap = None
+    video = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (80, 48))
+    colours = [RED, GREEN, BLUE, BLUE, RED, GREEN, GREEN]  # 7 frames, batch 2: the last batch is padded
+    for c in colours:
+        writer.write(np.full((48, 80, 3), c, np.uint8))
+    writer.release()
+    seg = OverlappingSegmenter(Segmenter(tiny_model(batch=2, size=(32, 32))))
+    result = run_pipeline(seg, open_source(str(video)), Outputs(mask_dir=tmp_path / "masks"),
+                          PipelineOptions(progress=False, overlap=overlap))
+    assert result.frames == len(colours)
+    masks = sorted((tmp_path / "masks").glob("clip_*.png"))
+    ids = [int(np.unique(cv2.imread(str(m), cv2.IMREAD_UNCHANGED))[0]) for m in masks]
+    assert ids == [{RED: 0, GREEN: 1, BLUE: 2}[c] for c in colours]  # in order, same as without overlap
+    if overlap is True:
+        # Batch k+1 is submitted before batch k is collected; every batch is collected once, in order.
+        assert seg.calls == [("submit", 1)] + [x for k in range(2, 5) for x in (("submit", k), ("collect", k - 1))] \
+            + [("collect", 4)]
+    else:
+        assert seg.calls == []  # turned off: the plain infer path
+
+
+def test_segmenter_submit_collect_without_an_overlapping_runner_equals_infer(tiny_model):
+    seg = Segmenter(tiny_model(batch=2, size=(32, 32)))
+    assert not seg.can_overlap
+    tensor, _ = seg.preprocessor.batch([two_colour_frame(), two_colour_frame(left=GREEN)], 2)
+    np.testing.assert_array_equal(seg.collect(seg.submit(tensor)), seg.infer(tensor))

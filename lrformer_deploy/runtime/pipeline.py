@@ -15,6 +15,7 @@ earlier complete one (see sinks.py).
 from __future__ import annotations
 
 import contextlib
+import os
 import queue
 import random
 import signal
@@ -48,6 +49,10 @@ class PipelineOptions:
     # so a result is about one inference old instead of a queue's worth. None = decide from the source
     # (Source.is_live); False keeps every frame, as for files.
     drop_stale: bool | None = None
+    # With a backend that can (TensorRT: Segmenter.can_overlap), start batch k+1 before collecting batch k,
+    # so its host->device copy overlaps k's execution. Off for live sources (one frame at a time anyway).
+    # None = on unless LRFORMER_TRT_OVERLAP=0.
+    overlap: bool | None = None
 
 
 class Stats:
@@ -322,7 +327,52 @@ def run_pipeline(segmenter: Any, source: Source, outputs: Outputs, options: Pipe
         stats.add("preprocess", time.perf_counter() - t0)
         return _Batch(frames, starts, tensor, geos)
 
+    overlap = (options.overlap if options.overlap is not None else os.environ.get("LRFORMER_TRT_OVERLAP") != "0")
+    overlap = overlap and not live and bool(getattr(segmenter, "can_overlap", False))
+
+    def overlapped_infer() -> None:
+        """submit(k+1) before collect(k): batch k+1's copy runs while batch k executes; order is kept."""
+        pending: tuple[_Batch, Any, float] | None = None  # submitted, not yet collected
+
+        def hand_over() -> bool:
+            nonlocal pending
+            batch, ticket, busy = pending
+            pending = None
+            t0 = time.perf_counter()
+            batch.output = segmenter.collect(ticket)
+            stats.add("infer", busy + time.perf_counter() - t0)
+            return _put(to_write, batch, stop)
+
+        try:
+            while True:
+                batch = _get(to_infer, stop)
+                if batch is _END:
+                    break
+                ticket = None
+                try:
+                    if batch.tensor is not None:
+                        t0 = time.perf_counter()
+                        ticket = segmenter.submit(batch.tensor)
+                        busy = time.perf_counter() - t0
+                        batch.tensor = None
+                finally:
+                    to_infer.task_done()
+                if pending is not None and not hand_over():
+                    return
+                if ticket is not None:
+                    pending = (batch, ticket, busy)
+                elif not _put(to_write, batch, stop):  # an unreadable image passes through, in order
+                    return
+            if pending is not None:
+                hand_over()
+        except BaseException as exc:  # noqa: BLE001
+            fail(exc)
+        finally:
+            _put(to_write, _END, stop)
+
     def infer() -> None:
+        if overlap:
+            return overlapped_infer()
         try:
             while True:
                 batch = _get(to_infer, stop)

@@ -167,6 +167,25 @@ class Segmenter:
             out = self.runner.infer({self.spec.input_name: tensor})
         return out[self.spec.output_name]
 
+    @property
+    def can_overlap(self) -> bool:
+        """Whether submit()/collect() overlap the next batch's copy with this batch's execution (TensorRT)."""
+        return callable(getattr(self.runner, "submit", None))
+
+    def submit(self, tensor: Any) -> Any:
+        """Start a batch (as `infer`) without waiting for it; `collect(ticket)` returns its raw output."""
+        with self._lock:
+            if not self.can_overlap:
+                return self.runner.infer({self.spec.input_name: tensor})
+            return self.runner.submit({self.spec.input_name: tensor})
+
+    def collect(self, ticket: Any) -> np.ndarray:
+        if isinstance(ticket, dict):
+            return ticket[self.spec.output_name]
+        with self._lock:
+            out = self.runner.collect(ticket)
+        return out[self.spec.output_name]
+
     def postprocess(self, output: np.ndarray, geos: list[Geometry]) -> list[np.ndarray]:
         """Per-frame masks from one batch output; rows beyond len(geos) (batch padding) are dropped."""
         return [self.postprocessor(output[i], geo) for i, geo in enumerate(geos)]

@@ -24,10 +24,13 @@ from lrformer_deploy.errors import UserError, install_hint
 ADDRESS_ALIGNMENT = 256
 # CUDA's special stream handles (same values in the driver and runtime APIs).
 LEGACY_DEFAULT_STREAM = 1
+PER_THREAD_DEFAULT_STREAM = 2
+# CUstreamCaptureMode
+CU_STREAM_CAPTURE_MODE_THREAD_LOCAL = 1
 
 
 class CudaDriver:
-    """The three driver calls pycuda cannot make on raw stream handles (event record / stream wait)."""
+    """Driver calls pycuda cannot make on raw stream handles: event record / stream wait, device copy, CUDA graphs."""
 
     _lib = None
 
@@ -55,6 +58,61 @@ class CudaDriver:
                                             ctypes.c_void_p(stream))
         if rc != 0:
             raise RuntimeError(f"cuMemcpyDtoDAsync failed with CUDA error {rc}")
+
+    # CUDA graphs through the driver API, so pycuda and torch providers share one path (both work in
+    # the device's primary context, where TensorRT runs too).
+    @classmethod
+    def _check(cls, call: str, rc: int) -> None:
+        if rc != 0:
+            raise RuntimeError(f"{call} failed with CUDA error {rc}")
+
+    @classmethod
+    def capture_begin(cls, handle: int) -> None:
+        # Thread-local mode: another thread's runner making an unsafe call (e.g. cudaMalloc) does not
+        # invalidate this capture, and this capture does not break that thread.
+        cls._check("cuStreamBeginCapture", cls.lib().cuStreamBeginCapture_v2(ctypes.c_void_p(handle),
+                                                                            CU_STREAM_CAPTURE_MODE_THREAD_LOCAL))
+
+    @classmethod
+    def capture_end(cls, handle: int) -> int:
+        """End the capture on `handle` (always, so the stream leaves capture mode) and instantiate it."""
+        lib, graph, exec_ = cls.lib(), ctypes.c_void_p(), ctypes.c_void_p()
+        cls._check("cuStreamEndCapture", lib.cuStreamEndCapture(ctypes.c_void_p(handle), ctypes.byref(graph)))
+        try:
+            cls._check("cuGraphInstantiateWithFlags",
+                       lib.cuGraphInstantiateWithFlags(ctypes.byref(exec_), graph, ctypes.c_ulonglong(0)))
+        finally:
+            lib.cuGraphDestroy(graph)  # the executable graph keeps what it needs
+        return int(exec_.value)
+
+    @classmethod
+    def graph_launch(cls, graph_exec: int, handle: int) -> None:
+        cls._check("cuGraphLaunch", cls.lib().cuGraphLaunch(ctypes.c_void_p(graph_exec), ctypes.c_void_p(handle)))
+
+    @classmethod
+    def graph_destroy(cls, graph_exec: int) -> None:
+        cls.lib().cuGraphExecDestroy(ctypes.c_void_p(graph_exec))
+
+    @classmethod
+    def record_event(cls, handle: int) -> int:
+        """An event recorded on the raw stream `handle`, for `event_wait` (which destroys it)."""
+        lib, event = cls.lib(), ctypes.c_void_p()
+        # Blocking sync: a waiting host thread sleeps instead of spinning, leaving the CPU to the pipeline.
+        cls._check("cuEventCreate", lib.cuEventCreate(ctypes.byref(event), 3))  # BLOCKING_SYNC | DISABLE_TIMING
+        try:
+            cls._check("cuEventRecord", lib.cuEventRecord(event, ctypes.c_void_p(handle)))
+        except RuntimeError:
+            lib.cuEventDestroy_v2(event)
+            raise
+        return int(event.value)
+
+    @classmethod
+    def event_wait(cls, event: int) -> None:
+        lib = cls.lib()
+        try:
+            cls._check("cuEventSynchronize", lib.cuEventSynchronize(ctypes.c_void_p(event)))
+        finally:
+            lib.cuEventDestroy_v2(ctypes.c_void_p(event))
 
     @classmethod
     def stream_synchronize(cls, handle: int) -> None:
@@ -120,6 +178,24 @@ class PycudaMemory:
 
     def dtod(self, dst: int, src: int, nbytes: int, handle: int) -> None:
         CudaDriver.memcpy_dtod(dst, src, nbytes, handle)
+
+    def capture_begin(self, handle: int) -> None:
+        CudaDriver.capture_begin(handle)
+
+    def capture_end(self, handle: int) -> int:
+        return CudaDriver.capture_end(handle)
+
+    def graph_launch(self, graph_exec: int, handle: int) -> None:
+        CudaDriver.graph_launch(graph_exec, handle)
+
+    def graph_destroy(self, graph_exec: int) -> None:
+        CudaDriver.graph_destroy(graph_exec)
+
+    def record_event(self, handle: int) -> int:
+        return CudaDriver.record_event(handle)
+
+    def event_wait(self, event: int) -> None:
+        CudaDriver.event_wait(event)
 
     def release(self) -> None:
         for buf in self._keep:
@@ -199,6 +275,24 @@ class TorchMemory:
 
     def dtod(self, dst: int, src: int, nbytes: int, handle: int) -> None:
         CudaDriver.memcpy_dtod(dst, src, nbytes, handle)
+
+    def capture_begin(self, handle: int) -> None:
+        CudaDriver.capture_begin(handle)
+
+    def capture_end(self, handle: int) -> int:
+        return CudaDriver.capture_end(handle)
+
+    def graph_launch(self, graph_exec: int, handle: int) -> None:
+        CudaDriver.graph_launch(graph_exec, handle)
+
+    def graph_destroy(self, graph_exec: int) -> None:
+        CudaDriver.graph_destroy(graph_exec)
+
+    def record_event(self, handle: int) -> int:
+        return CudaDriver.record_event(handle)
+
+    def event_wait(self, event: int) -> None:
+        CudaDriver.event_wait(event)
 
     def release(self) -> None:
         self._keep.clear()

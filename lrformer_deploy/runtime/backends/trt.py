@@ -17,6 +17,12 @@ A caller's CUDA stream may be passed as an int handle, a pycuda Stream or a torc
 stream the runner creates is created once, in `activate()`, inside the device's context (a pycuda
 Stream needs a current context).
 
+Static-shape engines replay a CUDA graph of `execute_async_v3` (captured once through the driver API
+after one plain execution) while the inputs are bound to the runner's own buffers; dynamic-shape
+engines, the legacy default stream and a failed capture run plainly. `cuda_graph=False` or
+LRFORMER_TRT_CUDA_GRAPH=0 turns it off; `cuda_graph_status` says which applies. `submit()`/`collect()`
+overlap the host->device copy of the next batch with the execution of the current one (video pipeline).
+
 An engine only loads with the TensorRT version and GPU generation that built it, so the manifest's
 engine record is compared with the running ones first and a mismatch is one clear UserError.
 
@@ -27,6 +33,7 @@ here against the real bindings' symbol tables; samples/gpu_check.py runs it on a
 """
 from __future__ import annotations
 
+import os
 import sys
 import threading
 from pathlib import Path
@@ -157,13 +164,19 @@ class TensorRTRunner(Runner):
     thread_safe = False
 
     def __init__(self, engine_path: str | Path, engine_record: dict[str, Any] | None = None, device_id: int = 0,
-                 stream: Any = None, memory: str = "auto") -> None:
+                 stream: Any = None, memory: str = "auto", cuda_graph: bool | None = None) -> None:
         super().__init__()
         self.engine_path = Path(engine_path)
         self.engine_record = engine_record
         self.device_id = device_id
         self.user_stream = stream
         self.memory_kind = memory
+        # CUDA-graph replay of execute_async_v3 for static-shape engines (see _execute); on by default,
+        # LRFORMER_TRT_CUDA_GRAPH=0 or cuda_graph=False turns it off.
+        self.cuda_graph = (os.environ.get("LRFORMER_TRT_CUDA_GRAPH", "1") != "0") if cuda_graph is None else cuda_graph
+        self.cuda_graph_status = "not activated"
+        self._graphs: dict[int, int] = {}  # buffer slot -> executable graph
+        self._inflight: list[_Ticket] = []
         self.name = "tensorrt"
 
     def _activate(self) -> None:
@@ -221,6 +234,16 @@ class TensorRTRunner(Runner):
             self._own_copies = copy_stream is None
             # The caller's stream cannot carry our copies: copy on a private stream, synchronised on both sides.
             self._copy_stream = self.mem.new_stream() if self._own_copies else copy_stream
+            self._graphs = {}
+            self.cuda_graph_status = self._graph_eligibility()
+            # submit()/collect(): slot 1's buffers and the two copy streams are made on first use.
+            self._slots: dict[int, tuple[dict, dict]] = {
+                0: ({n: (ptr, self._staging[n]) for n, (_, _, ptr) in self.inputs.items()},
+                    {n: (ptr, host) for n, (_, _, ptr, host) in self.outputs.items()})}
+            self._bound_outputs = 0
+            self._next_slot = 0
+            self._overlap_streams: tuple[Any, Any] | None = None
+            self._inflight = []
         except BaseException:
             self._release_engine()
             raise
@@ -241,7 +264,70 @@ class TensorRTRunner(Runner):
                             "it was probably built by another TensorRT version or for another GPU; rebuild it here")
         return runtime, engine, logger
 
+    def _graph_eligibility(self) -> str:
+        """"warm-up" when capture will be tried after the first plain execution, else why it never is."""
+        if not self.cuda_graph:
+            return "off (disabled)"
+        if self.dynamic:
+            # A graph freezes the shapes it was captured with; re-capturing per batch size is not worth it.
+            return "off (dynamic input shapes)"
+        if any(d < 0 for shape, *_ in self.outputs.values() for d in shape):
+            # Data-dependent output shapes need an output allocator during enqueue: not capturable.
+            return "off (data-dependent output shapes)"
+        if self._stream_handle in (0, cuda.LEGACY_DEFAULT_STREAM):
+            return "off (the legacy default stream cannot be captured)"
+        return "warm-up"
+
+    def _execute(self, handle: int, slot: int | None) -> None:
+        """execute_async_v3, or the replay of its CUDA graph when every tensor is bound to buffer slot `slot`.
+
+        A graph holds the addresses bound at capture, so there is one per slot of the runner's own buffers
+        (slot None: an input is bound somewhere else, e.g. a GPU input bound in place, which runs
+        plainly). Capture follows a plain execution (TensorRT does deferred setup on the first enqueue,
+        which must not land in the graph); a failure is remembered and every later call runs plainly.
+        """
+        graph = self._graphs.get(slot) if slot is not None else None
+        if graph is not None:
+            self.mem.graph_launch(graph, handle)
+            return
+        if not self.context.execute_async_v3(handle):
+            raise RuntimeError(f"TensorRT execute_async_v3 failed for {self.engine_path.name}")
+        if slot is not None and self.cuda_graph_status in ("warm-up", "replaying"):
+            self._capture(handle, slot)
+
+    def _capture(self, handle: int, slot: int) -> None:
+        # Capturing records the enqueued work without running it: this call's results come from the
+        # plain execution just issued.
+        try:
+            self.mem.capture_begin(handle)
+        except Exception as exc:
+            self.cuda_graph_status = f"off (capture failed: {exc})"
+            return
+        ok, error, graph = False, None, None
+        try:
+            ok = bool(self.context.execute_async_v3(handle))
+        except Exception as exc:
+            error = exc
+        finally:
+            try:  # always end the capture, so the stream leaves capture mode
+                graph = self.mem.capture_end(handle)
+            except Exception as exc:
+                error = error or exc
+        if ok and graph is not None:
+            self._graphs[slot] = graph
+            self.cuda_graph_status = "replaying"
+            return
+        if graph is not None:
+            self.mem.graph_destroy(graph)
+        reason = f"capture failed: {error or 'execute_async_v3 returned False'}"
+        # Graphs already captured for other buffer slots stay valid and keep being replayed.
+        self.cuda_graph_status = (f"replaying slot(s) {sorted(self._graphs)} only ({reason})" if self._graphs
+                                  else f"off ({reason})")
+
     def _release_engine(self) -> None:
+        for graph in self._graphs.values():
+            self.mem.graph_destroy(graph)
+        self._graphs = {}
         self.context = None
         self.engine = None
         if getattr(self, "_engine_key", None) is not None:
@@ -251,6 +337,8 @@ class TensorRTRunner(Runner):
     def _deactivate(self) -> None:
         self.mem.push()
         try:
+            for ticket in list(self._inflight):  # the GPU may still write into buffers about to be freed
+                self._finish(ticket)
             self._release_engine()
             self.mem.release()
         finally:
@@ -288,7 +376,12 @@ class TensorRTRunner(Runner):
         handle, copy_stream, own_copies = self._stream_handle, self._copy_stream, self._own_copies
         self.mem.push()
         try:
-            producers, device_copies = [], []
+            self._drain()  # submit()'s batches still in flight use the streams and may use slot 0
+            if self._bound_outputs != 0:
+                for name, (_, _, ptr, _) in self.outputs.items():
+                    self._bind(name, ptr)
+                self._bound_outputs = 0
+            producers, device_copies, own_buffers = [], [], True
             for name, (shape, dtype, ptr) in self.inputs.items():
                 value = feed[name]
                 on_gpu = cuda.device_pointer(value, dtype, shape, self.dynamic)
@@ -303,14 +396,11 @@ class TensorRTRunner(Runner):
                         device_copies.append((ptr, gpu_ptr, int(np.prod(gpu_shape)) * dtype.itemsize))
                     else:
                         self._bind(name, gpu_ptr)
+                        own_buffers = own_buffers and gpu_ptr == ptr
                     if producer is not None and producer != handle:
                         producers.append(producer)
                     continue
-                value = np.asarray(value)
-                if value.shape != shape:
-                    fits = self.dynamic and value.ndim == len(shape) and all(a <= b for a, b in zip(value.shape, shape))
-                    if not fits:
-                        raise UserError(f"input {name} has shape {value.shape}; the engine wants {shape}")
+                value = self._host_input(name, value, shape)
                 if self.dynamic:
                     self._set_shape(name, value.shape)
                 self._bind(name, ptr)
@@ -323,8 +413,7 @@ class TensorRTRunner(Runner):
                 self.mem.dtod(dst, src, nbytes, handle)
             if own_copies:
                 self.mem.synchronize(copy_stream)
-            if not self.context.execute_async_v3(handle):
-                raise RuntimeError(f"TensorRT execute_async_v3 failed for {self.engine_path.name}")
+            self._execute(handle, 0 if own_buffers else None)
             if own_copies:
                 self._sync_handle(handle)
             results = {}
@@ -342,3 +431,105 @@ class TensorRTRunner(Runner):
 
     def _sync_handle(self, handle: int) -> None:
         self.mem.sync_handle(handle)
+
+    def _host_input(self, name: str, value: Any, shape: tuple[int, ...]) -> np.ndarray:
+        value = np.asarray(value)
+        if value.shape != shape:
+            fits = self.dynamic and value.ndim == len(shape) and all(a <= b for a, b in zip(value.shape, shape))
+            if not fits:
+                raise UserError(f"input {name} has shape {value.shape}; the engine wants {shape}")
+        return value
+
+    # ------------------------------------------------------------------ overlapped submit / collect
+    def submit(self, feed: dict[str, Any]) -> "_Ticket":
+        """Start one batch without waiting for it; `collect(ticket)` returns its outputs.
+
+        Calling `submit(k+1)` before `collect(k)` overlaps the host->device copy of batch k+1 (on a private
+        input stream) with the execution of batch k (on the engine stream, which waits for each copy by
+        an event); outputs come back on a private output stream, so the next copy never queues behind
+        them. Two slots of device and pinned buffers alternate, so at most two batches are in flight: a
+        third submit first completes the oldest. Inputs already on the GPU run through `infer` (nothing
+        to copy, so nothing to overlap).
+        """
+        if any(not isinstance(v, np.ndarray) for v in feed.values()):
+            return _Ticket(result=self.infer(feed))
+        handle = self._stream_handle
+        self.mem.push()
+        try:
+            while len(self._inflight) >= 2:
+                self._finish(self._inflight[0])
+            slot, self._next_slot = self._next_slot, self._next_slot ^ 1
+            ins, outs = self._slot(slot)
+            in_stream, out_stream = self._streams_for_overlap()
+            for name, (shape, _, _) in self.inputs.items():
+                value = self._host_input(name, feed[name], shape)
+                if self.dynamic:
+                    self._set_shape(name, value.shape)
+                ptr, staging = ins[name]
+                self._bind(name, ptr)
+                host = staging.reshape(-1)[: value.size].reshape(value.shape)
+                np.copyto(host, value, casting="unsafe")
+                self.mem.htod(ptr, host, in_stream)
+            if self._bound_outputs != slot:
+                for name, (ptr, _) in outs.items():
+                    self._bind(name, ptr)
+                self._bound_outputs = slot
+            self.mem.stream_wait(handle, self.mem.stream_handle(in_stream))
+            self._execute(handle, slot)
+            self.mem.stream_wait(self.mem.stream_handle(out_stream), handle)
+            views = []
+            for name, (ptr, host) in outs.items():
+                if self.dynamic:
+                    shape = tuple(int(d) for d in self.context.get_tensor_shape(name))
+                    host = host.reshape(-1)[: int(np.prod(shape))].reshape(shape)
+                self.mem.dtoh(host, ptr, out_stream)
+                views.append((name, host))
+            ticket = _Ticket(event=self.mem.record_event(self.mem.stream_handle(out_stream)), views=views)
+            self._inflight.append(ticket)
+            return ticket
+        finally:
+            self.mem.pop()
+
+    def collect(self, ticket: "_Ticket") -> dict[str, np.ndarray]:
+        """The outputs of a submitted batch, waiting for that batch only."""
+        if ticket.result is None:
+            self.mem.push()
+            try:
+                self._finish(ticket)
+            finally:
+                self.mem.pop()
+        return ticket.result  # type: ignore[return-value]
+
+    def _finish(self, ticket: "_Ticket") -> None:
+        self.mem.event_wait(ticket.event)
+        ticket.result = {name: host.copy() for name, host in ticket.views}
+        ticket.views = []
+        self._inflight.remove(ticket)
+
+    def _drain(self) -> None:
+        for ticket in list(self._inflight):
+            self._finish(ticket)
+
+    def _slot(self, slot: int) -> tuple[dict, dict]:
+        if slot not in self._slots:
+            ins = {n: (self.mem.alloc(int(np.prod(shape)) * dtype.itemsize), self.mem.pinned(shape, dtype))
+                   for n, (shape, dtype, _) in self.inputs.items()}
+            outs = {n: (self.mem.alloc(int(np.prod(shape)) * dtype.itemsize), self.mem.pinned(shape, dtype))
+                    for n, (shape, dtype, _, _) in self.outputs.items()}
+            self._slots[slot] = (ins, outs)
+        return self._slots[slot]
+
+    def _streams_for_overlap(self) -> tuple[Any, Any]:
+        # Made on first use, inside the pushed context; never the engine stream (see submit).
+        if self._overlap_streams is None:
+            self._overlap_streams = (self.mem.new_stream(), self.mem.new_stream())
+        return self._overlap_streams
+
+
+class _Ticket:
+    """One submitted batch: the event after its outputs' copy, the host views they land in, then the result."""
+
+    __slots__ = ("event", "views", "result")
+
+    def __init__(self, event: Any = None, views: list | None = None, result: dict | None = None) -> None:
+        self.event, self.views, self.result = event, views or [], result
