@@ -11,6 +11,10 @@ The main thread only waits, prints the progress line and shows frames (--show); 
 there (the CLIs turn the last two into KeyboardInterrupt) stops the workers, the writer thread releases the
 video writer in a `finally`, and `Outputs.finish` keeps the playable partial file without destroying an
 earlier complete one (see sinks.py).
+
+Why ~510 lines in one module: the reader, inference and writer threads, the live-source slot and the
+TensorRT overlap share one stop-and-failure protocol (a signal, a bad frame, a lost stream end them the
+same way); sources.py, sinks.py and overlay.py hold what stands alone.
 """
 from __future__ import annotations
 

@@ -30,6 +30,9 @@ NOTE: this module cannot run on the development machines (no GPU, no TensorRT). 
 drive it with a fake `tensorrt` module and a recording memory provider (call order and return-value
 handling only, never a TensorRT result); tests/test_tensorrt_api.py checks every TensorRT name used
 here against the real bindings' symbol tables; samples/gpu_check.py runs it on a GPU.
+
+Why ~540 lines in one module: the runner's engine cache, buffer sets, CUDA-graph replay and submit/collect
+all act on one execution context's state; CUDA memory and streams are apart in cuda.py.
 """
 from __future__ import annotations
 
