@@ -391,6 +391,24 @@ def test_resume_removes_the_temporaries_of_killed_workers(tmp_path):
     assert not any(p.exists() for p in stale) and all(p.exists() for p in kept)
 
 
+def test_a_finished_job_removes_killed_writers_temporaries(tmp_path, data, ray_address):
+    """A worker killed mid-write leaves a hidden temporary even when its retry writes the file: the job
+    removes such files once its workers are gone (planted here; a real kill leaves one at random)."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for src in sorted(data["frames"].glob("*.png"))[:2]:
+        (inputs / src.name).write_bytes(src.read_bytes())
+    out = tmp_path / "out"
+    (out / "masks").mkdir(parents=True)
+    planted = out / "masks" / f".{sorted(inputs.glob('*.png'))[0].stem}.k2j4.partial.png"
+    planted.write_bytes(b"half a png")
+    proc = run_cli("batch", inputs, "-o", out, "--model", data["model"], "--actors", "1", "--address", ray_address,
+                   "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert not planted.exists()
+    assert sorted(p.name for p in (out / "masks").iterdir()) == sorted(p.name for p in inputs.glob("*.png"))
+
+
 # ---------------------------------------------------------------- an actor killed mid-run (issue 20)
 def actor_pids() -> set[int]:
     out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout

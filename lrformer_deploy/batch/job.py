@@ -249,6 +249,9 @@ def run_job(todo: list[Item], layout: Layout, manifest: RunManifest, opts: JobOp
     finally:
         manifest.save()
         ray.shutdown()
+        # This job's workers are gone now (the output lock keeps other writers out): an atomic write that a
+        # killed worker never finished is garbage, even when a retry wrote the file itself.
+        layout.remove_stale_temporaries()
     return result
 
 

@@ -82,8 +82,8 @@ class Layout:
         return True
 
     def remove_stale_temporaries(self) -> int:
-        """Delete the hidden `.NAME.XXXX.partial.EXT` files an interrupted run's killed workers left
-        (atomic writes that never completed); run by --resume, whose earlier run is over. Returns how many."""
+        """Delete the hidden `.NAME.XXXX.partial.EXT` files killed workers left (atomic writes that never
+        completed); run at the end of every job, once its workers are gone, and by --resume. Returns how many."""
         removed = 0
         for path in self.root.rglob(".*.partial.*"):  # the mask and overlay folders are inside root
             if path.is_file():
