@@ -121,7 +121,33 @@ class CudaDriver:
             raise RuntimeError(f"cuStreamSynchronize failed with CUDA error {rc}")
 
 
-class PycudaMemory:
+class _DriverCalls:
+    """What both providers do through the CUDA driver on raw handles (device copies, graph capture and
+    replay, events): neither pycuda nor torch exposes these for streams and graphs they did not create."""
+
+    def dtod(self, dst: int, src: int, nbytes: int, handle: int) -> None:
+        CudaDriver.memcpy_dtod(dst, src, nbytes, handle)
+
+    def capture_begin(self, handle: int) -> None:
+        CudaDriver.capture_begin(handle)
+
+    def capture_end(self, handle: int) -> int:
+        return CudaDriver.capture_end(handle)
+
+    def graph_launch(self, graph_exec: int, handle: int) -> None:
+        CudaDriver.graph_launch(graph_exec, handle)
+
+    def graph_destroy(self, graph_exec: int) -> None:
+        CudaDriver.graph_destroy(graph_exec)
+
+    def record_event(self, handle: int) -> int:
+        return CudaDriver.record_event(handle)
+
+    def event_wait(self, event: int) -> None:
+        CudaDriver.event_wait(event)
+
+
+class PycudaMemory(_DriverCalls):
     """Device buffers, pinned host buffers and copies through pycuda on the device's primary context."""
 
     kind = "pycuda"
@@ -176,34 +202,13 @@ class PycudaMemory:
     def sync_handle(self, handle: int) -> None:
         CudaDriver.stream_synchronize(handle)
 
-    def dtod(self, dst: int, src: int, nbytes: int, handle: int) -> None:
-        CudaDriver.memcpy_dtod(dst, src, nbytes, handle)
-
-    def capture_begin(self, handle: int) -> None:
-        CudaDriver.capture_begin(handle)
-
-    def capture_end(self, handle: int) -> int:
-        return CudaDriver.capture_end(handle)
-
-    def graph_launch(self, graph_exec: int, handle: int) -> None:
-        CudaDriver.graph_launch(graph_exec, handle)
-
-    def graph_destroy(self, graph_exec: int) -> None:
-        CudaDriver.graph_destroy(graph_exec)
-
-    def record_event(self, handle: int) -> int:
-        return CudaDriver.record_event(handle)
-
-    def event_wait(self, event: int) -> None:
-        CudaDriver.event_wait(event)
-
     def release(self) -> None:
         for buf in self._keep:
             buf.free()
         self._keep.clear()
 
 
-class TorchMemory:
+class TorchMemory(_DriverCalls):
     """The same services through torch.cuda, for machines that have torch but not pycuda."""
 
     kind = "torch.cuda"
@@ -272,27 +277,6 @@ class TorchMemory:
 
     def sync_handle(self, handle: int) -> None:
         self.torch.cuda.ExternalStream(handle, device=self.device).synchronize()
-
-    def dtod(self, dst: int, src: int, nbytes: int, handle: int) -> None:
-        CudaDriver.memcpy_dtod(dst, src, nbytes, handle)
-
-    def capture_begin(self, handle: int) -> None:
-        CudaDriver.capture_begin(handle)
-
-    def capture_end(self, handle: int) -> int:
-        return CudaDriver.capture_end(handle)
-
-    def graph_launch(self, graph_exec: int, handle: int) -> None:
-        CudaDriver.graph_launch(graph_exec, handle)
-
-    def graph_destroy(self, graph_exec: int) -> None:
-        CudaDriver.graph_destroy(graph_exec)
-
-    def record_event(self, handle: int) -> int:
-        return CudaDriver.record_event(handle)
-
-    def event_wait(self, event: int) -> None:
-        CudaDriver.event_wait(event)
 
     def release(self) -> None:
         self._keep.clear()
