@@ -189,7 +189,7 @@ def truncated_video_gst(d: Path) -> None:
 
 @case
 def bomb_infer(d: Path) -> None:
-    from test_faults import bomb_png
+    from conftest import bomb_png
 
     from conftest import build_tiny_model
 
@@ -206,7 +206,7 @@ def bomb_infer(d: Path) -> None:
 @case
 def bomb_serve(d: Path) -> None:
     import tritonclient.http as httpclient
-    from test_faults import bomb_png
+    from conftest import bomb_png
     from test_triton import descendants, free_port, rss_mib
 
     from lrformer_deploy.build.demo import default_model
@@ -373,8 +373,6 @@ def full_filesystem(d: Path) -> None:
 
 @case
 def ctrl_c_mid_video(d: Path) -> None:
-    from conftest import build_tiny_model
-
     video = REPO.parent / "shared" / "data" / "car-detection.mp4"
     if not video.is_file():
         video = REPO / "samples" / "synthetic-scenes.mp4"

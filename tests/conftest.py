@@ -212,3 +212,18 @@ def serve_module(name: str):
     if os.environ.get("LRFORMER_REQUIRE_SERVE"):
         return importlib.import_module(name)
     return pytest.importorskip(name, reason="needs the serve extra; `nox -s serve` runs it")
+
+
+def bomb_png(width: int = 20000, height: int = 20000) -> bytes:
+    """A valid PNG of a few tens of kB declaring width x height pixels (1-bit grey, all zero)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    z = zlib.compressobj(9)
+    row = bytes(1 + (width + 7) // 8)
+    body = b"".join(z.compress(row) for _ in range(height)) + z.flush()
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0))
+            + chunk(b"IDAT", body) + chunk(b"IEND", b""))

@@ -206,7 +206,7 @@ def test_bad_inputs_are_reported_and_the_rest_completes(tmp_path, data, ray_addr
     writer.release()
     blob = avi.read_bytes()
     (inputs / "short.avi").write_bytes(blob[: len(blob) // 2])
-    from test_faults import bomb_png
+    from conftest import bomb_png
 
     (inputs / "bomb.png").write_bytes(bomb_png())  # declares 20000x20000: refused from its header
     out = tmp_path / "out"

@@ -14,6 +14,8 @@ import cv2
 import numpy as np
 import pytest
 
+from conftest import bomb_png
+
 REPO = Path(__file__).resolve().parent.parent
 DEMO_CKPT = REPO / "lrformer_deploy" / "weights" / "lrformer-demo-synthetic.pth"
 
@@ -157,21 +159,6 @@ def test_complete_video_is_not_reported_as_truncated(tiny_model, tmp_path):
 
 
 # ------------------------------------------------------------------------------- 2b. oversized images
-def bomb_png(width: int = 20000, height: int = 20000) -> bytes:
-    """A valid PNG of a few tens of kB declaring width x height pixels (1-bit grey, all zero)."""
-    import struct
-    import zlib
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    z = zlib.compressobj(9)
-    row = bytes(1 + (width + 7) // 8)
-    body = b"".join(z.compress(row) for _ in range(height)) + z.flush()
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0))
-            + chunk(b"IDAT", body) + chunk(b"IEND", b""))
-
-
 def test_infer_skips_an_oversized_image_undecoded_and_does_the_rest(tiny_model, tmp_path):
     folder = tmp_path / "imgs"
     folder.mkdir()

@@ -29,7 +29,7 @@ else:
     httpclient = pytest.importorskip("tritonclient.http", reason="needs the serve extra (tritonclient)")
     grpcclient = pytest.importorskip("tritonclient.grpc", reason="needs the serve extra (tritonclient)")
 
-from conftest import SHARED_VIDEO  # noqa: E402
+from conftest import SHARED_VIDEO, bomb_png  # noqa: E402
 from lrformer_deploy.runtime import Segmenter  # noqa: E402
 from lrformer_deploy.triton.frames import ENCODED_INPUT, FRAME_INPUT, MASK_OUTPUT  # noqa: E402
 
@@ -232,22 +232,6 @@ def test_serve_rejects_bad_requests_and_keeps_serving(served, frames, segmenter)
             c.infer(name, bad)
     np.testing.assert_array_equal(http_frame(c, name, frames[0]), segmenter(frames[0]))
     assert proc.poll() is None
-
-
-def bomb_png(width: int = 20000, height: int = 20000) -> bytes:
-    """A valid PNG of a few tens of kB that declares width x height pixels (1-bit grey, all zero): decoded
-    to BGR it would take width * height * 3 bytes (1.2 GB at 20000x20000)."""
-    import struct
-    import zlib
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    z = zlib.compressobj(9)
-    row = bytes(1 + (width + 7) // 8)
-    body = b"".join(z.compress(row) for _ in range(height)) + z.flush()
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0))
-            + chunk(b"IDAT", body) + chunk(b"IEND", b""))
 
 
 def rss_mib(pids) -> float:
