@@ -14,14 +14,7 @@ import numpy as np
 
 from lrformer_deploy.build.request import BuildRequest
 from lrformer_deploy.build.steps import Artifact, Steps, staging
-from lrformer_deploy.contract import graph_size
 from lrformer_deploy.errors import UserError
-
-
-def graph_size_of(onnx_path: Path) -> tuple[int, int]:
-    import onnx
-
-    return graph_size(onnx.load(str(onnx_path), load_external_data=False), onnx_path.name)
 
 
 def engine_batch_range(req: BuildRequest, art: Artifact) -> tuple[int, int, int] | None:
@@ -129,12 +122,12 @@ def verify_engine(req: BuildRequest, art: Artifact, fp32: Artifact, engine: Path
     EngineVerificationFailed below the threshold. EngineUnavailable when the engine cannot run here."""
     from lrformer_deploy.build.engine import EngineUnavailable
     from lrformer_deploy.contract import IMAGENET_MEAN, IMAGENET_STD
-    from lrformer_deploy.precision.pipeline import held_back_frames
+    from lrformer_deploy.precision.pipeline import graph_file_size, held_back_frames
     from lrformer_deploy.runtime.backends.ort import OnnxRuntimeRunner
 
     inp = (fp32.manifest or art.manifest or {}).get("input", {})
     mean, std = inp.get("mean", IMAGENET_MEAN), inp.get("std", IMAGENET_STD)
-    frames, data = held_back_frames(req.calib, req.calib_count, req.check_count, graph_size_of(fp32.onnx), mean, std)
+    frames, data = held_back_frames(req.calib, req.calib_count, req.check_count, graph_file_size(fp32.onnx), mean, std)
     if inp.get("dtype") == "uint8":  # a uint8-input graph: the same frames as the client sends them
         from lrformer_deploy.build.uint8 import frames_as_uint8
 

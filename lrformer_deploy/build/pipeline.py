@@ -24,7 +24,7 @@ from pathlib import Path
 from lrformer_deploy.build.engine_step import engine_step, stale_engine
 from lrformer_deploy.build.request import BuildRequest, check_graph_readable, check_memory, output_dir, validate
 from lrformer_deploy.build.steps import Artifact, BuildResult, Steps, note, staging
-from lrformer_deploy.contract import CPU_ONLY_PRECISIONS, REDUCED_PRECISIONS, check_export_size, graph_size
+from lrformer_deploy.contract import CPU_ONLY_PRECISIONS, REDUCED_PRECISIONS, check_export_size
 from lrformer_deploy.errors import UserError
 
 
@@ -246,7 +246,7 @@ def _reduced(req: BuildRequest, result: BuildResult, fp32: Artifact, precision: 
     if precision == "bf16":
         return _bf16(req, fp32, steps)
     from lrformer_deploy.contract import IMAGENET_MEAN, IMAGENET_STD
-    from lrformer_deploy.precision.pipeline import make_precision_graph, output_path
+    from lrformer_deploy.precision.pipeline import graph_file_size, make_precision_graph, output_path
 
     final = output_path(fp32.onnx, precision)
     out_dir = final.parent
@@ -269,7 +269,7 @@ def _reduced(req: BuildRequest, result: BuildResult, fp32: Artifact, precision: 
     with steps.step(f"{precision.upper()} graph + accuracy check"), staging(out_dir, final.stem) as stage:
         calib = req.calib
         if calib is None and precision == "int8":  # synthetic_calibration (checked by validate)
-            calib = write_synthetic_calibration(out_dir / "calib-synthetic", req.calib_count, _graph_size(fp32))
+            calib = write_synthetic_calibration(out_dir / "calib-synthetic", req.calib_count, graph_file_size(fp32.onnx))
         staged = stage / final.name  # the final name: the calibration cache and records are named from it
         details = make_precision_graph(fp32.onnx, precision, calib=calib, calib_count=req.calib_count,
                                        calib_method=req.calib_method, check_count=req.check_count,
@@ -295,12 +295,6 @@ def _reduced(req: BuildRequest, result: BuildResult, fp32: Artifact, precision: 
             mf.publish([(staged, final)])
     return Artifact(precision, final, mf.manifest_path_for(final) if m else None, m,
                     seconds=time.perf_counter() - t0, details=details)
-
-
-def _graph_size(art: Artifact) -> tuple[int, int]:
-    import onnx
-
-    return graph_size(onnx.load(str(art.onnx), load_external_data=False), art.onnx.name)
 
 
 def write_synthetic_calibration(folder: Path, count: int, size: tuple[int, int], seed: int = 5000) -> Path:

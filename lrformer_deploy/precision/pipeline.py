@@ -46,7 +46,8 @@ def output_path(fp32_onnx: str | Path, precision: str) -> Path:
     return p.with_name(f"{p.stem}-{precision}.onnx")
 
 
-def _graph_size(fp32_onnx: Path) -> tuple[int, int]:
+def graph_file_size(fp32_onnx: Path) -> tuple[int, int]:
+    """Static (H, W) of the image input of the ONNX graph at `fp32_onnx` (weights are not loaded)."""
     import onnx
 
     return graph_size(onnx.load(str(fp32_onnx), load_external_data=False), fp32_onnx.name)
@@ -111,7 +112,7 @@ def make_precision_graph(
     if not fp32_onnx.is_file():
         raise UserError(f"FP32 ONNX {fp32_onnx} does not exist.")
     out = Path(out_onnx) if out_onnx is not None else output_path(fp32_onnx, precision)
-    size = _graph_size(fp32_onnx)
+    size = graph_file_size(fp32_onnx)
     threshold = DEFAULT_MIN_AGREEMENT[precision] if min_agreement is None else float(min_agreement)
 
     if calib is None:
