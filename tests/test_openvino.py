@@ -363,3 +363,47 @@ def test_eval_cli_runs_openvino(tmp_path, capsys):
     report = json.loads(capsys.readouterr().out)
     text = json.dumps(report)
     assert "openvino[CPU, f32]" in text and "onnxruntime" not in text
+
+
+@needs_openvino
+def test_channel_layernorms_run_on_the_nchw_map_with_the_same_results(tmp_path, shared_video):
+    """The layout rewrite (channel_norms_to_nchw) finds every ChannelLayerNorm of a real LRFormer export,
+    removes their transposes from what OpenVINO compiles, and leaves the masks as they were."""
+    import onnx
+    import openvino as ov
+
+    from lrformer_deploy.build.on_demand import demo_graph
+    from lrformer_deploy.runtime.backends.openvino import OpenVINORunner, channel_norms_to_nchw
+    from lrformer_deploy.contract import IMAGENET_MEAN, IMAGENET_STD
+    from lrformer_deploy.runtime.preprocess import preprocess_image
+
+    graph = demo_graph()
+    proto = onnx.load(str(graph), load_external_data=False)
+    producer = {o: n for n in proto.graph.node for o in n.output}
+    channel_norms = sum(1 for n in proto.graph.node if n.op_type == "LayerNormalization"
+                        and producer.get(n.input[0]) is not None and producer[n.input[0]].op_type == "Transpose"
+                        and list(producer[n.input[0]].attribute[0].ints) == [0, 2, 3, 1])
+    assert channel_norms >= 10  # the demo model's patch embeddings and blocks
+
+    def transposes(model) -> int:
+        return sum(op.get_type_name() == "Transpose" for op in model.get_ordered_ops())
+
+    model = ov.Core().read_model(str(graph))
+    before = transposes(model)
+    assert channel_norms_to_nchw(model) == channel_norms
+    assert transposes(model) == before - 2 * channel_norms
+    assert channel_norms_to_nchw(model) == 0  # nothing left to rewrite
+
+    rewritten = OpenVINORunner(graph, cache=False).activate()
+    assert rewritten.layout_rewrites == channel_norms
+    plain = OpenVINORunner(graph, cache=False, layout_rewrite=False).activate()
+    assert plain.layout_rewrites == 0
+    (name, shape), = rewritten.io_info()[0]
+    same = total = 0
+    for frame in video_frames(shared_video, n=4):
+        x, _ = preprocess_image(frame, shape[2:], IMAGENET_MEAN, IMAGENET_STD)
+        a, b = rewritten.infer({name: x}), plain.infer({name: x})
+        out = next(iter(a))
+        same += int((a[out] == b[out]).sum())
+        total += a[out].size
+    assert same / total >= 0.9999, same / total
