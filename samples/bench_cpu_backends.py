@@ -6,9 +6,11 @@ FP32 and agreement with it, for the logits head and the mask head (and the cost 
 
 Each manifest is an FP32 export made with `lrformer-export --target cpu` (`--int8` beside it adds the INT8
 rows, read from NAME-int8.onnx). bf16 rows run the FP32 graph on OpenVINO with bf16 inference precision
-(only on a CPU with AVX512-BF16 or AMX). `--mask-before` is a mask graph with the previous (NHWC Resize)
+(only on a CPU with AVX512-BF16 or AMX). `--layout-ab` adds OpenVINO rows without the channel-LayerNorm
+layout rewrite (runtime/backends/openvino.py), to show its effect in the same run. `--mask-before` is a mask graph with the previous (NHWC Resize)
 tail, the "today" of the ratios. One frame of car-detection.mp4 (or --video), all backends in one process,
-each round runs every row once in a rotated order, repeated --repeats times: ranges are min..max over the
+each round runs every row once in a rotated order, with a --settle-ms pause before each run (without it,
+the row after an ONNX Runtime row shares the cores with ORT's spinning threads), repeated --repeats times: ranges are min..max over the
 repeats of each repeat's median ratio. Not a test: nothing is asserted; name the CPU with the numbers.
 """
 from __future__ import annotations
@@ -36,6 +38,10 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=None, help="threads for every backend (default: all usable)")
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--settle-ms", type=float, default=50,
+                   help="pause before each timed run so the previous row's spinning threads are idle (default 50)")
+    p.add_argument("--layout-ab", action="store_true",
+                   help="also run the mask head on OpenVINO without the channel-LayerNorm layout rewrite (rows 'ov-plain')")
     args = p.parse_args()
 
     import cv2
@@ -67,6 +73,12 @@ def main() -> int:
                 rows[f"{head} ov bf16"] = OpenVINORunner(fp32, precision="bf16", threads=threads)
             if int8.is_file():
                 rows[f"{head} ov int8"] = OpenVINORunner(int8, precision="int8", threads=threads)
+            if args.layout_ab and head == "mask":
+                rows[f"{head} ov-plain fp32"] = OpenVINORunner(fp32, precision="fp32", threads=threads,
+                                                               layout_rewrite=False)
+                if int8.is_file():
+                    rows[f"{head} ov-plain int8"] = OpenVINORunner(int8, precision="int8", threads=threads,
+                                                                   layout_rewrite=False)
     cap = cv2.VideoCapture(args.video)
     cap.set(cv2.CAP_PROP_POS_FRAMES, 100)
     ok, frame = cap.read()
@@ -87,6 +99,7 @@ def main() -> int:
         for r in range(args.rounds):
             shift = r % len(names)
             for n in names[shift:] + names[:shift]:
+                time.sleep(args.settle_ms / 1000)  # see lrformer_deploy/bench/timing.py: ORT spins after a run
                 t0 = time.perf_counter()
                 rows[n].infer({"image": x})
                 times[n].append((time.perf_counter() - t0) * 1000)
@@ -100,7 +113,8 @@ def main() -> int:
         return out.argmax(1) if out.ndim == 4 else out
 
     print(f"CPU: {cpu_name()}, {threads} thread(s), load average {os.getloadavg()[0]:.1f}, "
-          f"{args.repeats} repeats x {args.rounds} interleaved rounds, model input {spec.input_size}")
+          f"{args.repeats} repeats x {args.rounds} interleaved rounds, {args.settle_ms:g} ms pause before each run, "
+          f"model input {spec.input_size}")
     base = {h: f"{h} ort fp32" for h in heads}
     today = "mask-before ort fp32" if "mask-before ort fp32" in rows else "mask ort fp32"
     print(f"{'row':<22} {'median ms':>14} {'vs ORT FP32 same head':>22} {'vs ' + today:>26} {'agree vs ORT FP32':>18} "

@@ -88,6 +88,26 @@ def test_measure_interleaves_in_rotated_rounds():
     assert all(v >= 0 for t in targets for v in t.latencies_ms)
 
 
+def test_measure_pauses_between_rows_outside_the_timed_runs(monkeypatch):
+    """Several rows: a pause before every timed run, none inside a latency; one row: no pause."""
+    from lrformer_deploy.bench import timing
+
+    events: list[str] = []
+    monkeypatch.setattr(timing.time, "sleep", lambda s: events.append(f"sleep {s}"))
+
+    def make(name):
+        return Row(name, "fake", "fp32", "cpu", runner=CallRecorder(name, events)).activate()
+
+    measure([make("a"), make("b")], np.zeros(1), warmup=1, iterations=2, duration=None, settle_s=0.03)
+    assert events == ["a", "b", "sleep 0.03", "a", "sleep 0.03", "b", "sleep 0.03", "b", "sleep 0.03", "a"]
+    events.clear()
+    measure([make("a")], np.zeros(1), warmup=0, iterations=2, duration=None, settle_s=0.03)
+    assert events == ["a", "a", "a"]  # the first (agreement) run, then two timed
+    events.clear()
+    measure([make("a"), make("b")], np.zeros(1), warmup=0, iterations=1, duration=None, settle_s=0)
+    assert events == ["a", "b", "a", "b"]
+
+
 def test_measure_duration_runs_at_least_one_round():
     t = Row("a", "fake", "fp32", "cpu", runner=CallRecorder("a", [])).activate()
     measure([t], np.zeros(1), warmup=0, iterations=None, duration=1e-9)

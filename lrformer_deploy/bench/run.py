@@ -31,7 +31,7 @@ from pathlib import Path
 from lrformer_deploy.bench.plan import make_input, resolve_source
 from lrformer_deploy.bench.report import format_report, make_report
 from lrformer_deploy.bench.rows import Row, compare_rows, gpu_missing, single_row
-from lrformer_deploy.bench.timing import apply_passive_wait, cpu_snapshot, measure, other_cores
+from lrformer_deploy.bench.timing import SETTLE_S, apply_passive_wait, cpu_snapshot, measure, other_cores
 from lrformer_deploy.build.request import check_calibration_source, check_memory, check_output_dir
 from lrformer_deploy.contract import BACKENDS, HEADS, PRECISIONS, check_export_size
 from lrformer_deploy.cpus import usable_cpus
@@ -47,7 +47,7 @@ def run_benchmark(*, model: str | None = None, variant: str | None = None, num_c
                   warmup: int = 5, iterations: int = 20, duration: float | None = None,
                   threads: int | None = None, calib: str | None = None, calib_count: int = 8,
                   engine: str | None = None, work_dir: str | None = None, seed: int = 0,
-                  spin_wait: bool = True) -> dict:
+                  spin_wait: bool = True, settle_ms: float = SETTLE_S * 1000) -> dict:
     """Measure and return the report dict (what --json prints). See the module docstring."""
     if backend not in BACKENDS:
         raise UserError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
@@ -86,6 +86,8 @@ def run_benchmark(*, model: str | None = None, variant: str | None = None, num_c
         raise UserError(f"engine file not found: {engine_path}")
     if threads is not None and threads < 1:
         raise UserError(f"--threads must be at least 1, got {threads}")
+    if settle_ms < 0:
+        raise UserError(f"--settle-ms must be 0 or more, got {settle_ms}")
     threads = threads or usable_cpus()
     wait_note = "library defaults (idle threads spin-wait)" if spin_wait else apply_passive_wait()
 
@@ -110,14 +112,14 @@ def run_benchmark(*, model: str | None = None, variant: str | None = None, num_c
         load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
         cpu_before = cpu_snapshot()
         t0 = time.perf_counter()
-        measure(rows, x, warmup, None if duration else iterations, duration)
+        measure(rows, x, warmup, None if duration else iterations, duration, settle_s=settle_ms / 1000)
         wall = time.perf_counter() - t0
         others = other_cores(cpu_before, cpu_snapshot(), wall)
         load_after = os.getloadavg() if hasattr(os, "getloadavg") else None
         report = make_report(src, rows, compare, threads, warmup, iterations, duration, wall, seed)
         report["load_average"] = {"before": list(load_before) if load_before else None,
                                   "after": list(load_after) if load_after else None}
-        report["thread_wait"] = wait_note
+        report["thread_wait"] = wait_note + (f"; {settle_ms:g} ms pause between rows" if len(rows) > 1 else "")
         report["other_processes_cores"] = others
         if threads > 1 and others is not None and others > 0.25 and threads + others > (os.cpu_count() or 1):
             report["warning"] = (f"other processes used {others:.1f} of {os.cpu_count()} cores while timing: "

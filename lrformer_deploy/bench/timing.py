@@ -2,7 +2,15 @@
 
 Every row is timed by the one loop in `measure`, whatever backend it holds, so PyTorch, ONNX Runtime and
 TensorRT are measured the same way (each round runs every row once, starting one row later than the last
-round, so a neighbour's load on a shared machine hits them all alike).
+round, so a neighbour's load on a shared machine hits them all alike), with a pause between two rows.
+
+Why the pause (SETTLE_S): after a run ONNX Runtime's intra-op threads spin-wait for more work (and other
+runtimes' pools briefly too), so without a pause the row timed next shares the cores with them. Rotating
+the order does not even this out: the rotation keeps the cyclic order, so the same row follows ONNX
+Runtime in most rounds. Measured on LRFormer-T 512x512, 2 threads, AMD EPYC: OpenVINO f32 right after an
+ONNX Runtime row took 147 ms, 129 ms with no ONNX Runtime in the process; a 10 ms pause was not enough
+(129), 30 ms was (117, and ONNX Runtime itself 135 either way). A user's process runs one backend, whose
+own spinning helps it: that is what the pause leaves in.
 """
 from __future__ import annotations
 
@@ -13,6 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
+
+SETTLE_S = 0.05  # pause between two rows of one round (see above); 0 turns it off
 
 if TYPE_CHECKING:
     from lrformer_deploy.bench.rows import Row
@@ -29,8 +39,10 @@ def summarize(latencies_ms: Sequence[float], batch: int) -> dict[str, float]:
             "throughput_ips": batch * 1000.0 / mean}
 
 
-def measure(rows: list[Row], x: np.ndarray, warmup: int, iterations: int | None, duration: float | None) -> None:
-    """Warm every row up, then time them in interleaved rounds (rotated order each round).
+def measure(rows: list[Row], x: np.ndarray, warmup: int, iterations: int | None, duration: float | None,
+            settle_s: float = SETTLE_S) -> None:
+    """Warm every row up, then time them in interleaved rounds (rotated order each round), pausing
+    `settle_s` before each timed run when more than one row is timed (not counted in any latency).
 
     With `duration`, rounds continue until duration * len(rows) seconds have passed (so each backend gets
     about `duration` seconds of timed work); otherwise exactly `iterations` rounds.
@@ -49,6 +61,10 @@ def measure(rows: list[Row], x: np.ndarray, warmup: int, iterations: int | None,
             break
         shift = rounds % len(live)
         for r in live[shift:] + live[:shift]:
+            if settle_s > 0 and len(live) > 1:
+                time.sleep(settle_s)
+                if deadline is not None:
+                    deadline += settle_s  # --duration is timed work, not pauses
             t0 = time.perf_counter_ns()
             r.run(x)
             r.latencies_ms.append((time.perf_counter_ns() - t0) / 1e6)

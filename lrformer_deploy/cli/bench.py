@@ -44,6 +44,9 @@ def build_parser() -> OneLineParser:
     p.add_argument("--spin-wait", choices=("on", "off"), default="on",
                    help="on (default): library defaults; off: idle threads sleep (OMP_WAIT_POLICY=PASSIVE, "
                         "ORT allow_spinning=0), fairer on a machine shared with other jobs")
+    p.add_argument("--settle-ms", type=float, default=50,
+                   help="with several rows, pause this long before each timed run so the previous backend's "
+                        "spinning threads do not share the cores (default 50, 0: none)")
     p.add_argument("--seed", type=int, default=0, help="synthetic input scene seed (default 0)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     return p
@@ -59,7 +62,7 @@ def main(argv=None) -> int:
         head=args.head, backend=args.backend, device=args.device, precision=args.precision, compare=args.compare,
         warmup=args.warmup, iterations=args.iterations, duration=args.duration, threads=args.threads,
         calib=args.calib, calib_count=args.calib_count, engine=args.engine, work_dir=args.work_dir, seed=args.seed,
-        spin_wait=args.spin_wait == "on")
+        spin_wait=args.spin_wait == "on", settle_ms=args.settle_ms)
     print(json.dumps(report) if args.json else format_report(report))
     return 0
 
