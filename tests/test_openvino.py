@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -407,3 +410,39 @@ def test_channel_layernorms_run_on_the_nchw_map_with_the_same_results(tmp_path, 
         same += int((a[out] == b[out]).sum())
         total += a[out].size
     assert same / total >= 0.9999, same / total
+
+
+FOREIGN_THREAD_CALLS = """
+import ctypes, sys
+import numpy as np
+from lrformer_deploy.runtime.backends.openvino import OpenVINORunner
+
+runner = OpenVINORunner(sys.argv[1], cache=False).activate()
+x = np.zeros((1, 3, 32, 32), np.float32)
+libc = ctypes.CDLL(None)
+CALLBACK = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p)
+shapes = []
+
+@CALLBACK
+def work(_):  # runs on a thread Python did not start: a new thread state per call, as under GStreamer
+    shapes.append(runner.infer({"image": x})["mask"].shape)
+    return None
+
+for _ in range(3):
+    thread = ctypes.c_ulong()
+    assert libc.pthread_create(ctypes.byref(thread), None, work, None) == 0
+    libc.pthread_join(thread, None)
+print("calls", len(shapes), shapes[-1])
+"""
+
+
+@needs_openvino
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="pthread_create through ctypes: Linux")
+def test_runner_called_from_threads_python_did_not_start(tmp_path):
+    """The GStreamer element calls the runner on GStreamer's streaming thread. A thread-local InferRequest
+    was destroyed with each call's thread state there, and the process died (SIGSEGV)."""
+    onnx_path = build_toy_segmenter(tmp_path / "toy.onnx", size=(32, 32))
+    r = subprocess.run([sys.executable, "-c", FOREIGN_THREAD_CALLS, str(onnx_path)], capture_output=True,
+                       text=True, timeout=120, env=dict(os.environ, CI="true"))
+    assert r.returncode == 0, (r.returncode, r.stderr[-2000:])
+    assert "calls 3 (1, 32, 32)" in r.stdout

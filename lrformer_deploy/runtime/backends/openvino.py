@@ -157,7 +157,11 @@ def compile_config(device: str, precision: str, threads: int | None, cache: Path
 
 
 class OpenVINORunner(Runner):
-    # One CompiledModel, one InferRequest per calling thread: requests are not shareable, the model is.
+    # One CompiledModel, InferRequests lent from a pool (one per concurrent call): requests are not
+    # shareable, the model is. Not thread-local: a thread that Python did not start (a GStreamer streaming
+    # thread, any C caller) gets a fresh Python thread state for each call, and deleting that state
+    # destroyed its thread-local InferRequest inside the interpreter's teardown of the state: a SIGSEGV
+    # (tests/test_openvino.py calls the runner from such a thread).
     thread_safe = True
 
     def __init__(self, onnx_path: str | Path, device: str | None = None, precision: str = "fp32",
@@ -172,7 +176,8 @@ class OpenVINORunner(Runner):
         self.loaded_from_cache = False
         self.layout_rewrite = layout_rewrite
         self.layout_rewrites = 0  # channel LayerNorms run as MVN on the NCHW map (channel_norms_to_nchw)
-        self._local = threading.local()
+        self._idle: list[Any] = []  # InferRequests not in use
+        self._idle_lock = threading.Lock()
         self._outputs: list[str] = []
         self.name = f"openvino[{self.device}]"
 
@@ -212,8 +217,9 @@ class OpenVINORunner(Runner):
         self.name = f"openvino[{self.device}{', ' + str(hint) if hint else ''}]"
 
     def _deactivate(self) -> None:
+        with self._idle_lock:
+            self._idle.clear()
         self.compiled = None
-        self._local = threading.local()
 
     def inference_precision(self) -> str | None:
         """What the compiled model reports it computes float ops in (e.g. "f32", "bf16")."""
@@ -236,9 +242,14 @@ class OpenVINORunner(Runner):
     def infer(self, feed: dict[str, Any]) -> dict[str, np.ndarray]:
         if self.compiled is None:
             raise RuntimeError("OpenVINORunner.infer() called before activate()")
-        request = getattr(self._local, "request", None)
+        with self._idle_lock:
+            request = self._idle.pop() if self._idle else None
         if request is None:
-            request = self._local.request = self.compiled.create_infer_request()
+            request = self.compiled.create_infer_request()
         host = {name: value if isinstance(value, np.ndarray) else np.asarray(value) for name, value in feed.items()}
-        result = request.infer(host)  # copies of the outputs (share_outputs=False): safe to keep
+        try:
+            result = request.infer(host)  # copies of the outputs (share_outputs=False): safe to keep
+        finally:
+            with self._idle_lock:
+                self._idle.append(request)
         return {name: result[i] for i, names in enumerate(self._outputs) for name in names}
