@@ -159,12 +159,18 @@ def test_auto_runs_int8_on_openvino_and_says_so(tmp_path, capsys, monkeypatch):
     fp32_dir = tmp_path / "fp32"
     fp32_dir.mkdir()
     fp32 = Segmenter(toy_with_manifest(fp32_dir), backend="auto")
-    assert fp32.backend_name.startswith("onnxruntime")  # OpenVINO f32 was not faster here (docs/cpu.md)
-    assert capsys.readouterr().err == ""
+    assert fp32.backend_name.startswith("openvino[CPU, f32")  # f32, never a silent bf16
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "OpenVINO runs this fp32 artifact" in err
     trt_dir = tmp_path / "trt"
     trt_dir.mkdir()
-    trt_int8 = Segmenter(toy_with_manifest(trt_dir, precision="int8", target="tensorrt"), backend="auto")
-    assert trt_int8.backend_name.startswith("onnxruntime")  # a TensorRT-shaped graph keeps its old CPU path
+    for precision in ("int8", "fp32"):  # TensorRT-shaped graphs (full-size Resize tail) keep their old CPU path
+        trt = Segmenter(toy_with_manifest(trt_dir, precision=precision, target="tensorrt"), backend="auto")
+        assert trt.backend_name.startswith("onnxruntime")
+    assert capsys.readouterr().err == ""
+    fp16_dir = tmp_path / "fp16"
+    fp16_dir.mkdir()
+    assert Segmenter(toy_with_manifest(fp16_dir, precision="fp16"), backend="auto").backend_name.startswith("onnxruntime")
 
 
 def test_openvino_absent_auto_keeps_onnxruntime_and_explicit_is_one_line(tmp_path, monkeypatch, capsys):

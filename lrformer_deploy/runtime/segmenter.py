@@ -55,11 +55,14 @@ def default_model_path() -> Path:
         raise UserError(f"no --model given and the demo model is not available ({exc.__class__.__name__}: {exc})") from None
 
 
-# CPU-target artifacts `auto` runs on OpenVINO when it is installed (an x86 CPU, no CUDA device asked for):
-# its INT8 (real u8 convolutions from our Q/DQ graph) and bf16 were 2-3x ONNX Runtime FP32 (docs/cpu.md).
-# FP32 and FP16 stay on ONNX Runtime: OpenVINO f32 measured 0.88-0.94x on a quiet AMD EPYC (0.99-1.51x under
-# load), and its first compile of LRFormer-T takes 6-8 s against ONNX Runtime's 1 s.
-AUTO_OPENVINO_PRECISIONS = ("int8", "bf16")
+# CPU-target artifacts `auto` runs on OpenVINO when it is installed (an x86 CPU, no CUDA device asked for).
+# Measured on an AMD EPYC (docs/cpu.md, 2 threads, interleaved with a pause between rows): INT8 (real u8
+# convolutions from our Q/DQ graph) 1.8x and bf16 2.2x ONNX Runtime FP32 on LRFormer-T 512x512; FP32 graphs
+# 1.15x (512x512), 1.18x (512x896), 1.08x (the demo model) since OpenVINO runs the channel LayerNorms on the
+# NCHW map (backends/openvino.py). Its first compile costs ~0.4-0.9 s more than ONNX Runtime's session,
+# ~0.2-0.3 s from its model cache. FP16 graphs (made for GPUs) and TensorRT-target graphs, whose full-size
+# Resize tail OpenVINO runs at half ONNX Runtime's speed, stay on ONNX Runtime.
+AUTO_OPENVINO_PRECISIONS = ("fp32", "int8", "bf16")
 
 
 def _x86() -> bool:
@@ -255,8 +258,9 @@ class Segmenter:
             raise UserError(f"model file not found: {onnx}")
         verify_artifact(onnx, spec, "onnx")  # never run a graph its manifest does not vouch for
         precision = graph_precision(spec)
-        if backend == "openvino" or (backend == "auto" and self._auto_openvino(spec, precision, device)):
-            return self._openvino_runner(onnx, precision, device, announce=backend == "auto"), spec
+        why = self._auto_openvino(spec, precision, device) if backend == "auto" else None
+        if backend == "openvino" or why:
+            return self._openvino_runner(onnx, precision, device, announce=why), spec
         from lrformer_deploy.runtime.backends.ort import OnnxRuntimeRunner
 
         if precision == "bf16":
@@ -266,31 +270,35 @@ class Segmenter:
         return OnnxRuntimeRunner(onnx, device=ort_device, intra_op_threads=self._threads), spec
 
     @staticmethod
-    def _auto_openvino(spec: ModelSpec | None, precision: str, device: str | None) -> bool:
+    def _auto_openvino(spec: ModelSpec | None, precision: str, device: str | None) -> str | None:
+        """Why `auto` runs this graph on OpenVINO, or None when it should not."""
         # The export's own measurement (precision_details.cpu_backends) decides where it made one.
         manifest = (spec.manifest if spec else None) or {}
         measured = (manifest.get("precision_details") or {}).get("cpu_backends") or {}
         if "recommended" in measured:
             wanted = measured["recommended"] == "openvino"
-        else:  # graphs shaped for a CPU only: a TensorRT-target INT8 graph keeps its old path
+            why = "the export measured it faster than ONNX Runtime on its CPU"
+        else:  # graphs shaped for a CPU only: a TensorRT-target graph keeps its old path
             wanted = precision in AUTO_OPENVINO_PRECISIONS and manifest.get("target") == "cpu"
+            why = "faster than ONNX Runtime on the x86 CPUs measured, docs/cpu.md"
         if not (wanted and (device or "auto").lower() in ("auto", "cpu") and _x86() and openvino_missing() is None):
-            return False
+            return None
         if (device or "auto").lower() == "auto":  # ONNX Runtime on CUDA keeps its place before any CPU backend
-            from lrformer_deploy.runtime.backends import available_backends
+            from lrformer_deploy.runtime.backends import onnxruntime_providers
 
-            return "CUDAExecutionProvider" not in available_backends()["onnxruntime"]
-        return True
+            if "CUDAExecutionProvider" in onnxruntime_providers():
+                return None
+        return why
 
-    def _openvino_runner(self, onnx: Path, precision: str, device: str | None, announce: bool) -> Runner:
+    def _openvino_runner(self, onnx: Path, precision: str, device: str | None, announce: str | None) -> Runner:
         from lrformer_deploy.runtime.backends.openvino import OpenVINORunner
 
         reason = openvino_missing()
         if reason:
             raise UserError(f"--backend openvino: {reason}")
         if announce:
-            print(f"note: backend auto: OpenVINO runs this {precision} artifact (faster than ONNX Runtime on this "
-                  "CPU; --backend onnxruntime to override)", file=sys.stderr)
+            print(f"note: backend auto: OpenVINO runs this {precision} artifact ({announce}; "
+                  "--backend onnxruntime to override)", file=sys.stderr)
         return OpenVINORunner(onnx, device=device, precision=precision, threads=self._threads)
 
     def _trt_runner(self, engine: Path, spec: ModelSpec | None, device: str | None) -> Runner:

@@ -12,15 +12,19 @@ import shutil
 from lrformer_deploy.errors import install_hint
 
 
+def onnxruntime_providers() -> list[str]:
+    """The execution providers the installed onnxruntime offers ([] without onnxruntime)."""
+    if importlib.util.find_spec("onnxruntime") is None:
+        return []
+    import onnxruntime as ort
+
+    return list(ort.get_available_providers())
+
+
 def available_backends() -> dict[str, list[str] | bool]:
     """What this machine can run: ONNX Runtime providers, and whether TensorRT / torch are installed."""
-    providers: list[str] = []
-    if importlib.util.find_spec("onnxruntime") is not None:
-        import onnxruntime as ort
-
-        providers = list(ort.get_available_providers())
     return {
-        "onnxruntime": providers,
+        "onnxruntime": onnxruntime_providers(),
         "tensorrt": importlib.util.find_spec("tensorrt") is not None,
         "pycuda": importlib.util.find_spec("pycuda") is not None,
         "torch": importlib.util.find_spec("torch") is not None,
