@@ -114,6 +114,22 @@ def test_cli_exports_checkpoint_and_skips_engine(tmp_path):
         assert "--engine was demanded" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_random_weights_take_their_class_count_from_the_dataset(tmp_path):
+    """`--variant T --dataset cityscapes` means 19 classes; --num-classes still wins, and a mismatch is one line."""
+    from lrformer_deploy.cli import export
+
+    out = tmp_path / "o"
+    assert export.main(["--variant", "demo", "--dataset", "cityscapes", "--size", "64x64", "--output-dir", str(out),
+                        "--name", "c", "--no-engine", "--quiet"]) == 0
+    m = json.loads((out / "c.json").read_text())
+    assert m["model"]["num_classes"] == 19 and m["model"]["dataset"] == "cityscapes"
+    assert export.main(["--variant", "demo", "--size", "64x64", "--output-dir", str(out), "--name", "a",
+                        "--no-engine", "--quiet"]) == 0
+    assert json.loads((out / "a.json").read_text())["model"]["num_classes"] == 150  # no dataset: ADE20K's
+    assert export.main(["--variant", "demo", "--dataset", "cityscapes", "--num-classes", "6", "--size", "64x64",
+                        "--output-dir", str(out), "--name", "b", "--no-engine", "--quiet"]) == 2
+
+
 def test_manifests_say_what_their_graphs_hold_and_engine_skip_is_one_line(tmp_path, shared_video):
     """--variant without --ckpt is recorded as random weights; each manifest's opset is its graph's (INT8's
     Q/DQ graph is opset 19); a missing TensorRT is said once, not once per graph."""

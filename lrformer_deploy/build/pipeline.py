@@ -60,7 +60,22 @@ def _load_model(req: BuildRequest, result: BuildResult):
         raise UserError(str(exc.args[0])) from None
     note(req, result, f"no --ckpt, exporting LRFormer-{req.variant} with RANDOM weights (seed 0)")
     torch.manual_seed(0)  # the same weights every time: a benchmark's PyTorch row rebuilds them
-    return build_model(req.variant, req.num_classes or 150), None
+    return build_model(req.variant, _random_weights_classes(req)), None
+
+
+def _random_weights_classes(req: BuildRequest) -> int:
+    """Classes of a random-weights model: --num-classes, else the named dataset's, else ADE20K's 150."""
+    from lrformer_deploy.data.datasets import get_dataset
+
+    if req.num_classes:
+        return req.num_classes
+    name = req.dataset or (req.preset or {}).get("dataset")
+    if name:
+        try:
+            return get_dataset(name).num_classes
+        except KeyError:
+            pass  # _resolve_dataset reports the unknown name in one line
+    return 150
 
 
 def _resolve_dataset(name: str | None, num_classes: int):
@@ -150,7 +165,7 @@ def _reusable_before_loading(req: BuildRequest, out_dir: Path) -> Artifact | Non
         variant = req.variant or model.get("variant")
     else:  # random weights are seeded: same variant and classes = same weights
         same_weights = model.get("checkpoint_sha256") is None
-        num_classes, variant = req.num_classes or 150, req.variant
+        num_classes, variant = _random_weights_classes(req), req.variant
     head = req.head or (req.preset or {}).get("head", "mask")
     if not (same_weights and str(variant).lower() == str(model.get("variant")).lower()
             and _same_fp32(m, req, req.size, head, num_classes, model.get("checkpoint_sha256"), model.get("variant"))):
