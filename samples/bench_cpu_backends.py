@@ -6,7 +6,8 @@ FP32 and agreement with it, for the logits head and the mask head (and the cost 
 
 Each manifest is an FP32 export made with `lrformer-export --target cpu` (`--int8` beside it adds the INT8
 rows, read from NAME-int8.onnx). bf16 rows run the FP32 graph on OpenVINO with bf16 inference precision
-(only on a CPU with AVX512-BF16 or AMX). `--layout-ab` adds OpenVINO rows without the channel-LayerNorm
+(only on a CPU with AVX512-BF16 or AMX); int8+bf16 rows run the INT8 graph so (`--int8 --bf16`'s
+NAME-int8-bf16.json). `--layout-ab` adds OpenVINO rows without the channel-LayerNorm
 layout rewrite (runtime/backends/openvino.py), to show its effect in the same run. `--mask-before` is a mask graph with the previous (NHWC Resize)
 tail, the "today" of the ratios. One frame of car-detection.mp4 (or --video), all backends in one process,
 each round runs every row once in a rotated order, with a --settle-ms pause before each run (without it,
@@ -73,6 +74,8 @@ def main() -> int:
                 rows[f"{head} ov bf16"] = OpenVINORunner(fp32, precision="bf16", threads=threads)
             if int8.is_file():
                 rows[f"{head} ov int8"] = OpenVINORunner(int8, precision="int8", threads=threads)
+                if bf16_missing() is None:  # NAME-int8-bf16.json: the INT8 graph, float ops in bf16
+                    rows[f"{head} ov int8+bf16"] = OpenVINORunner(int8, precision="bf16", threads=threads)
             if args.layout_ab and head == "mask":
                 rows[f"{head} ov-plain fp32"] = OpenVINORunner(fp32, precision="fp32", threads=threads,
                                                                layout_rewrite=False)

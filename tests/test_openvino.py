@@ -452,3 +452,34 @@ def test_runner_called_from_threads_python_did_not_start(tmp_path):
                        text=True, timeout=120, env=dict(os.environ, CI="true"))
     assert r.returncode == 0, (r.returncode, r.stderr[-2000:])
     assert "calls 3 (1, 32, 32)" in r.stdout
+
+
+@needs_openvino
+def test_int8_with_bf16_float_ops_is_its_own_checked_artifact(tmp_path, capsys, monkeypatch):
+    """--int8 --bf16 --target cpu: NAME-int8-bf16.json names the INT8 graph, is checked against FP32 as
+    OpenVINO runs it (bf16 inference precision) and runs there; NAME-int8.json keeps f32 float ops."""
+    from lrformer_deploy import cpus
+    from lrformer_deploy.build import BuildRequest, build
+
+    if cpus.bf16_missing() is not None:
+        pytest.skip(f"bf16 cannot run here: {cpus.bf16_missing()}")
+    monkeypatch.setattr(segmenter_module, "_x86", lambda: True)
+    manifest = toy_with_manifest(tmp_path, size=(64, 64))
+    result = build(BuildRequest(graph=manifest.with_suffix(".onnx"), precisions=("int8", "bf16"),
+                                synthetic_calibration=True, calib_count=2, check_count=2, min_agreement=0.0,
+                                target="cpu", engine="off", quiet=True))
+    art = result["int8-bf16"]
+    m = json.loads(art.manifest_path.read_text())
+    assert art.manifest_path.name == "toy-mask-int8-bf16.json" and m["precision"] == "bf16"
+    assert m["artifacts"]["onnx"]["file"] == "toy-mask-int8.onnx"  # the INT8 graph, no new file
+    assert m["artifacts"]["onnx"]["sha256"] == result["int8"].manifest["artifacts"]["onnx"]["sha256"]
+    details = m["precision_details"]
+    assert details["graph_precision"] == "int8" and "float ops between them in bf16" in details["conversion"]["method"]
+    acc = details["accuracy"]
+    assert acc["backend"] == "openvino CPU, inference precision bf16" and acc["frames"] == 2
+    assert 0.0 <= acc["mask_agreement"] <= 1.0
+    assert json.loads(result["bf16"].manifest_path.read_text())["artifacts"]["onnx"]["file"] == "toy-mask.onnx"
+    capsys.readouterr()
+    seg = Segmenter(art.manifest_path)  # auto: OpenVINO in bf16
+    assert seg.runner.inference_precision() == "bf16"
+    assert Segmenter(result["int8"].manifest_path, backend="openvino").runner.inference_precision() == "f32"

@@ -230,9 +230,11 @@ def precision_manifest(fp32_manifest: dict, onnx_name: str, staged_onnx: Path, p
     return m
 
 
-def _bf16(req: BuildRequest, fp32: Artifact, steps: Steps) -> Artifact:
+def _bf16(req: BuildRequest, fp32: Artifact, steps: Steps, int8: Artifact | None = None) -> Artifact:
     """NAME-bf16.json: a manifest naming the FP32 graph with precision bf16 (no second graph), after the same
-    held-back accuracy check as FP16/INT8, run the way OpenVINO will run it."""
+    held-back accuracy check as FP16/INT8, run the way OpenVINO will run it. With `int8` (--int8 --bf16):
+    NAME-int8-bf16.json, naming the INT8 graph, whose float ops OpenVINO then computes in bf16 (checked
+    against INT8's threshold, as that is the graph's precision)."""
     from lrformer_deploy import manifest as mf
     from lrformer_deploy.contract import IMAGENET_MEAN, IMAGENET_STD
     from lrformer_deploy.precision.pipeline import make_precision_graph
@@ -241,18 +243,22 @@ def _bf16(req: BuildRequest, fp32: Artifact, steps: Steps) -> Artifact:
         raise UserError(f"{fp32.onnx.name} has no manifest: a bf16 artifact is a manifest naming the FP32 graph, "
                         "so export the graph with lrformer-export first")
     inp = fp32.manifest.get("input", {})
-    manifest_path = fp32.onnx.with_name(f"{fp32.onnx.stem}-bf16.json")
+    graph = int8.onnx if int8 is not None else fp32.onnx
+    stem = f"{fp32.onnx.stem}-int8-bf16" if int8 is not None else f"{fp32.onnx.stem}-bf16"
+    manifest_path = fp32.onnx.with_name(f"{stem}.json")
+    min_agreement = req.min_agreement
+    if int8 is not None and min_agreement is None and not fp32.manifest["model"].get("checkpoint_sha256"):
+        min_agreement = 0.0  # random weights: reported, not enforced (as for the INT8 graph itself)
     t0 = time.perf_counter()
-    with steps.step("BF16 accuracy check (OpenVINO)"):
+    with steps.step("INT8 + BF16 accuracy check (OpenVINO)" if int8 is not None else "BF16 accuracy check (OpenVINO)"):
         details = make_precision_graph(fp32.onnx, "bf16", calib=req.calib, calib_count=req.calib_count,
                                        check_count=req.check_count, mean=inp.get("mean", IMAGENET_MEAN),
-                                       std=inp.get("std", IMAGENET_STD), min_agreement=req.min_agreement,
-                                       target="cpu", quiet=req.quiet)
-        m = precision_manifest(fp32.manifest, f"{fp32.onnx.stem}-bf16.onnx", fp32.onnx, "bf16", details,
-                               fp32.onnx.parent)
+                                       std=inp.get("std", IMAGENET_STD), min_agreement=min_agreement,
+                                       target="cpu", quiet=req.quiet, bf16_graph=int8.onnx if int8 else None)
+        m = precision_manifest(fp32.manifest, f"{stem}.onnx", graph, "bf16", details, fp32.onnx.parent)
         m["target"] = "cpu"
         mf.publish([], m, manifest_path)
-    return Artifact("bf16", fp32.onnx, manifest_path, m, seconds=time.perf_counter() - t0, details=details)
+    return Artifact("bf16", graph, manifest_path, m, seconds=time.perf_counter() - t0, details=details)
 
 
 def _reduced(req: BuildRequest, result: BuildResult, fp32: Artifact, precision: str, steps: Steps) -> Artifact:
@@ -346,7 +352,9 @@ def build(req: BuildRequest) -> BuildResult:
     precisions = [p for p in REDUCED_PRECISIONS if p in req.precisions]
     graphs = [p for p in precisions if p not in CPU_ONLY_PRECISIONS]  # bf16 has no graph of its own to build
     n_engines = 0 if req.engine == "off" else max(1, len(graphs))
-    steps = Steps(1 + len(precisions) + n_engines, req.quiet)
+    # --int8 --bf16 on a CPU: also the INT8 graph with bf16 float ops (NAME-int8-bf16.json)
+    int8_bf16 = req.target == "cpu" and "int8" in precisions and "bf16" in precisions
+    steps = Steps(1 + len(precisions) + int8_bf16 + n_engines, req.quiet)
     try:
         fp32 = _existing(req) if req.graph is not None else _fp32(req, result, steps)
         if req.graph is not None:
@@ -354,6 +362,8 @@ def build(req: BuildRequest) -> BuildResult:
         result.artifacts["fp32"] = fp32
         for precision in precisions:
             result.artifacts[precision] = _reduced(req, result, fp32, precision, steps)
+        if int8_bf16:
+            result.artifacts["int8-bf16"] = _bf16(req, fp32, steps, int8=result.artifacts["int8"])
         for art in [result.artifacts[p] for p in graphs] or [fp32]:
             if req.engine != "off":
                 engine_step(req, art, steps, fp32)

@@ -45,7 +45,8 @@ def build_parser() -> OneLineParser:
     q.add_argument("--int8", action="store_true", help="also write an explicit Q/DQ INT8 graph (needs --calib)")
     q.add_argument("--bf16", action="store_true",
                    help="with --target cpu: also write NAME-bf16.json, the FP32 graph run by OpenVINO in bf16 "
-                        "(CPUs with AVX512-BF16 or AMX; refused elsewhere), checked against FP32 like FP16/INT8")
+                        "(CPUs with AVX512-BF16 or AMX; refused elsewhere), checked against FP32 like FP16/INT8; "
+                        "with --int8 also NAME-int8-bf16.json, the INT8 graph with its float ops in bf16")
     q.add_argument("--calib", help="calibration data: a folder of images or a video file")
     q.add_argument("--calib-count", type=int, default=32, help="calibration frames (default 32)")
     q.add_argument("--calib-method", choices=CALIB_METHODS, default="entropy")
@@ -148,13 +149,13 @@ def main(argv=None) -> int:
                         "verification": fp32.manifest.get("verification")}}
     if not args.quiet:
         print(f"onnx: {fp32.onnx} ({fp32.manifest['export']['nodes']} nodes, {fp32.seconds:.1f} s)")
-    for precision in ("fp16", "int8", "bf16"):
+    for precision in ("fp16", "int8", "bf16", "int8-bf16"):
         if precision not in result.artifacts:
             continue
         art = result[precision]
         acc = art.manifest["precision_details"].get("accuracy", {})
         if not args.quiet:
-            where = f"{art.manifest_path} -> {art.onnx.name}" if precision == "bf16" else str(art.onnx)
+            where = f"{art.manifest_path} -> {art.onnx.name}" if "bf16" in precision else str(art.onnx)
             print(f"{precision}: {where} ({art.seconds:.1f} s); vs fp32: mask agreement "
                   f"{acc.get('mask_agreement', float('nan')):.4f}, logits relative error "
                   f"{acc.get('logits_rel_error', float('nan')):.3g}")

@@ -95,8 +95,12 @@ def make_precision_graph(
     min_agreement: float | None = None,
     target: str = "tensorrt",
     quiet: bool = False,
+    bf16_graph: str | Path | None = None,
 ) -> dict:
     """Write NAME-fp16.onnx or NAME-int8.onnx beside `fp32_onnx`; return the precision_details dict.
+
+    bf16 writes no graph: it checks `bf16_graph` (default the FP32 graph; an INT8 Q/DQ graph for INT8
+    convolutions with bf16 float ops) as OpenVINO runs it with bf16 inference precision.
 
     Raises UserError (AccuracyBelowThreshold, with `.report` and `.details`) when mask agreement with
     FP32 is under min_agreement (default DEFAULT_MIN_AGREEMENT[precision]); the graph file is left in
@@ -113,7 +117,8 @@ def make_precision_graph(
         raise UserError(f"FP32 ONNX {fp32_onnx} does not exist.")
     out = Path(out_onnx) if out_onnx is not None else output_path(fp32_onnx, precision)
     size = graph_file_size(fp32_onnx)
-    threshold = DEFAULT_MIN_AGREEMENT[precision] if min_agreement is None else float(min_agreement)
+    graph_precision = "int8" if precision == "bf16" and bf16_graph is not None else precision
+    threshold = DEFAULT_MIN_AGREEMENT[graph_precision] if min_agreement is None else float(min_agreement)
 
     if calib is None:
         if precision == "int8":
@@ -124,7 +129,7 @@ def make_precision_graph(
     check_frames, data = held_back_frames(calib, calib_count, check_count, size, mean, std)
 
     if precision == "bf16":
-        return _bf16_details(fp32_onnx, check_frames, data, threshold, quiet)
+        return _bf16_details(fp32_onnx, Path(bf16_graph or fp32_onnx), check_frames, data, threshold, quiet)
     if precision == "fp16":
         count = count_calibration_frames(calib, calib_count) if calib is not None else len(calib_frames)
         conversion = convert_fp16(fp32_onnx, out, calib_frames, count=count, quiet=quiet)
@@ -226,16 +231,23 @@ def _choose_cpu_backend(details: dict, fp32_onnx: Path, out: Path, check_frames:
     details["cpu_backends"] = choice
 
 
-def _bf16_details(fp32_onnx: Path, check_frames: np.ndarray, data: dict, threshold: float, quiet: bool) -> dict:
-    """bf16: no graph is written; the FP32 graph is checked as OpenVINO runs it with bf16 inference precision."""
-    details = {"precision": "bf16", "target": "cpu", "data": data, "onnx": fp32_onnx.name,
-               "conversion": {"method": "none: the FP32 graph, run by OpenVINO with INFERENCE_PRECISION_HINT bf16 "
-                                        "(matmuls and convolutions in bf16 with FP32 accumulation)",
-                              "graph": fp32_onnx.name},
-               "cpu_backends": {"recommended": "openvino",
-                                "why": "only OpenVINO computes in bf16; ONNX Runtime runs this graph in FP32"}}
+def _bf16_details(fp32_onnx: Path, graph: Path, check_frames: np.ndarray, data: dict, threshold: float,
+                  quiet: bool) -> dict:
+    """bf16: no graph is written; `graph` (the FP32 graph, or an INT8 Q/DQ graph) is checked as OpenVINO runs
+    it with bf16 inference precision."""
+    if graph == fp32_onnx:
+        method = ("none: the FP32 graph, run by OpenVINO with INFERENCE_PRECISION_HINT bf16 "
+                  "(matmuls and convolutions in bf16 with FP32 accumulation)")
+        why = "only OpenVINO computes in bf16; ONNX Runtime runs this graph in FP32"
+    else:
+        method = (f"none: the INT8 Q/DQ graph {graph.name}, run by OpenVINO with INFERENCE_PRECISION_HINT bf16 "
+                  "(its quantized convolutions and matmuls in u8/i8, the float ops between them in bf16)")
+        why = "only OpenVINO computes in bf16; ONNX Runtime runs this graph's float ops in FP32"
+    details = {"precision": "bf16", "graph_precision": "fp32" if graph == fp32_onnx else "int8", "target": "cpu",
+               "data": data, "onnx": graph.name, "conversion": {"method": method, "graph": graph.name},
+               "cpu_backends": {"recommended": "openvino", "why": why}}
     try:
-        details["accuracy"] = accuracy_report(fp32_onnx, fp32_onnx, check_frames, precision="bf16",
+        details["accuracy"] = accuracy_report(fp32_onnx, graph, check_frames, precision="bf16",
                                               min_agreement=threshold, quiet=quiet, test_backend="openvino")
     except AccuracyBelowThreshold as exc:
         details["accuracy"] = exc.report
