@@ -197,8 +197,11 @@ def test_compare_has_openvino_rows_or_says_why_not(compare_report):
     for row in compare_report["rows"]:
         if row["status"] == "ok":
             assert 0.0 <= row["agreement_vs_ort_fp32"] <= 1.0 and row["speedup_vs_ort_fp32"] > 0
-    bf16 = rows["openvino-bf16"]
-    assert bf16["status"] == "ok" or bf16["reason"]
+    for name in ("openvino-bf16", "openvino-int8-bf16"):
+        row = rows[name]
+        assert row["precision"] == "bf16" and (row["status"] == "ok" or row["reason"])
+    if rows["openvino-int8-bf16"]["status"] == "ok":
+        assert "INT8 graph" in rows["openvino-int8-bf16"]["note"]
 
 
 def test_compare_runs_the_same_model_on_the_same_input(compare_report):

@@ -95,16 +95,17 @@ def ort_row(onnx_path: Path, precision: str, device: str, threads: int, note: st
     return Row(f"ort-{precision}", "onnxruntime", precision, dev, runner=runner, note=note).activate()
 
 
-def openvino_row(onnx_path: Path, precision: str, threads: int, note: str = "", device: str = "CPU") -> Row:
+def openvino_row(onnx_path: Path, precision: str, threads: int, note: str = "", device: str = "CPU",
+                 name: str | None = None) -> Row:
     """OpenVINO through the runtime's own runner, with the inference precision the graph states (f32 for
     FP32 and Q/DQ INT8 graphs, bf16 for bf16), never OpenVINO's silent CPU default; skipped without it."""
     reason = openvino_missing()
     if reason is not None:
-        return Row(f"openvino-{precision}", "openvino", precision, "cpu", skipped=reason)
+        return Row(name or f"openvino-{precision}", "openvino", precision, "cpu", skipped=reason)
     from lrformer_deploy.runtime.backends.openvino import OpenVINORunner
 
     runner = OpenVINORunner(onnx_path, device=device, precision=precision, threads=threads)
-    return Row(f"openvino-{precision}", "openvino", precision, "cpu", runner=runner, note=note).activate()
+    return Row(name or f"openvino-{precision}", "openvino", precision, "cpu", runner=runner, note=note).activate()
 
 
 def tensorrt_row(engine_path: Path, record: dict | None, precision: str, note: str = "") -> Row:
@@ -141,9 +142,14 @@ def compare_rows(src: Source, threads: int, calib: str | None, calib_count: int,
         rows.append(ort_row(art.onnx, precision, "cpu", threads, note=note, spin=spin))
         if precision == "int8":  # OpenVINO runs the same Q/DQ graph with real u8 convolutions
             rows.append(openvino_row(art.onnx, precision, threads, note=note))
+            int8_graph = art.onnx
     reason = bf16_missing()
     rows.append(openvino_row(src.onnx_path, "bf16", threads, note="the FP32 graph, inference precision bf16")
                 if reason is None else Row("openvino-bf16", "openvino", "bf16", "cpu", skipped=reason))
+    # --int8 --bf16's NAME-int8-bf16.json: the INT8 graph, float ops in bf16
+    rows.append(openvino_row(int8_graph, "bf16", threads, note="the INT8 graph, inference precision bf16",
+                             name="openvino-int8-bf16")
+                if reason is None else Row("openvino-int8-bf16", "openvino", "bf16", "cpu", skipped=reason))
     gpu_reason = gpu_missing()
     if gpu_reason is None:
         rows.append(torch_row(src, "cuda", threads, name="torch-cuda"))
