@@ -7,6 +7,11 @@ from pathlib import Path
 # Instruction-set flags (as /proc/cpuinfo names them) that give a CPU native bf16 arithmetic.
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
+# Pause before each timed run when runs of different backends are interleaved: after a run ONNX Runtime's
+# threads spin-wait for more work and the next backend timed would share the cores with them (measured in
+# lrformer_deploy/bench/timing.py's docstring). Used by lrformer-bench and the export's CPU backend choice.
+SETTLE_S = 0.05
+
 
 def usable_cpus() -> int:
     """CPUs in this process's affinity set (`taskset`, container cpusets), else all the OS reports."""

@@ -31,10 +31,10 @@ from pathlib import Path
 from lrformer_deploy.bench.plan import make_input, resolve_source
 from lrformer_deploy.bench.report import format_report, make_report
 from lrformer_deploy.bench.rows import Row, compare_rows, gpu_missing, single_row
-from lrformer_deploy.bench.timing import SETTLE_S, apply_passive_wait, cpu_snapshot, measure, other_cores
+from lrformer_deploy.bench.timing import apply_passive_wait, cpu_snapshot, measure, other_cores
 from lrformer_deploy.build.request import check_calibration_source, check_memory, check_output_dir
 from lrformer_deploy.contract import BACKENDS, HEADS, PRECISIONS, check_export_size
-from lrformer_deploy.cpus import usable_cpus
+from lrformer_deploy.cpus import SETTLE_S, usable_cpus
 from lrformer_deploy.errors import UserError
 from lrformer_deploy.runtime.backends import tensorrt_missing
 

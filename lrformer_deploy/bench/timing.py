@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-SETTLE_S = 0.05  # pause between two rows of one round (see above); 0 turns it off
+from lrformer_deploy.cpus import SETTLE_S  # pause between two rows of one round (see above); 0 turns it off
 
 if TYPE_CHECKING:
     from lrformer_deploy.bench.rows import Row

@@ -158,9 +158,11 @@ TIMING_ROUNDS = 5
 
 def time_cpu_backends(fp32_onnx: Path, int8_onnx: Path, frame: np.ndarray, openvino: bool) -> dict[str, float]:
     """Median ms of ONNX Runtime FP32, ONNX Runtime INT8 and (when installed) OpenVINO INT8 on one frame,
-    through the runtime's own runners, in interleaved rounds (a neighbour's load hits them all alike)."""
+    through the runtime's own runners, in interleaved rounds (a neighbour's load hits them all alike), with
+    a pause before each run (SETTLE_S: ONNX Runtime's spinning threads would slow the run after theirs)."""
     import time
 
+    from lrformer_deploy.cpus import SETTLE_S
     from lrformer_deploy.runtime.backends.ort import OnnxRuntimeRunner
 
     runners = {"onnxruntime fp32": OnnxRuntimeRunner(fp32_onnx, device="cpu"),
@@ -183,6 +185,7 @@ def time_cpu_backends(fp32_onnx: Path, int8_onnx: Path, frame: np.ndarray, openv
             shift = r % len(names)
             for name in names[shift:] + names[:shift]:
                 runner = runners[name]
+                time.sleep(SETTLE_S)
                 t0 = time.perf_counter()
                 runner.infer({input_name: frame})
                 times[name].append((time.perf_counter() - t0) * 1000)
