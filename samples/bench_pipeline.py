@@ -108,7 +108,12 @@ def model_only_fps(model: str, video: Path, backend: str, device: str | None, fr
 
 def run_pipeline_subprocess(model: str, video: Path, backend: str, device: str | None, max_frames: int | None,
                             workdir: Path) -> tuple[dict, float]:
-    """Run lrformer-infer in a child; return its JSON summary and its own peak RSS in MiB (wait4)."""
+    """Run lrformer-infer in a child; return its JSON summary and its own peak RSS in MiB.
+
+    Through /usr/bin/time where it exists: a child forked from this process inherits this process's peak
+    RSS in ru_maxrss (the copied address space counts until exec), so with the model-only Segmenters
+    loaded here every run would report at least this process's peak. /usr/bin/time is small, and its
+    child's ru_maxrss is the pipeline's own."""
     summary = workdir / f"summary-{max_frames or 'all'}.json"
     cmd = [sys.executable, "-m", "lrformer_deploy.cli.infer", str(video), "--model", model, "--backend", backend,
            "--output", str(workdir / f"out-{max_frames or 'all'}.mp4"), "--json", str(summary), "--quiet"]
@@ -117,13 +122,19 @@ def run_pipeline_subprocess(model: str, video: Path, backend: str, device: str |
     if max_frames:
         cmd += ["--max-frames", str(max_frames)]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    timer = Path("/usr/bin/time")
+    peak_file = workdir / f"peak-{max_frames or 'all'}.txt"
+    if timer.is_file():
+        cmd = [str(timer), "-f", "%M", "-o", str(peak_file), *cmd]
     proc = subprocess.Popen(cmd, env=env, cwd=workdir)
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise SystemExit(f"lrformer-infer failed with exit code {proc.returncode}")
-    # ru_maxrss is KiB on Linux (bytes on macOS).
-    rss_mib = usage.ru_maxrss / (1024 * 1024 if sys.platform == "darwin" else 1024)
+    if timer.is_file():
+        rss_mib = int(peak_file.read_text().split()[-1]) / 1024  # %M: KiB
+    else:  # an upper bound: includes this process's peak (see above)
+        rss_mib = usage.ru_maxrss / (1024 * 1024 if sys.platform == "darwin" else 1024)  # KiB on Linux
     return json.loads(summary.read_text()), rss_mib
 
 
