@@ -277,7 +277,9 @@ class Segmenter:
         measured = (manifest.get("precision_details") or {}).get("cpu_backends") or {}
         if "recommended" in measured:
             wanted = measured["recommended"] == "openvino"
-            why = "the export measured it faster than ONNX Runtime on its CPU"
+            # A timed choice (INT8) or a stated one (bf16: only OpenVINO computes in bf16).
+            why = ("the export measured it faster than ONNX Runtime on its CPU" if measured.get("median_ms")
+                   else str(measured.get("why") or "the export recommends it"))
         else:  # graphs shaped for a CPU only: a TensorRT-target graph keeps its old path
             wanted = precision in AUTO_OPENVINO_PRECISIONS and manifest.get("target") == "cpu"
             why = "faster than ONNX Runtime on the x86 CPUs measured, docs/cpu.md"
