@@ -110,12 +110,13 @@ def format_report(report: dict) -> str:
         lines.append("load average (1/5/15 min): before " + " ".join(f"{v:.2f}" for v in load["before"])
                      + ", after " + " ".join(f"{v:.2f}" for v in load["after"]))
     compare = report["mode"] == "compare"
-    header = f"{'backend':<13} {'prec':<6} {'device':<6} {'median':>9} {'p95':>9} {'mean':>9} {'min':>9} {'img/s':>8}"
+    width = max([13] + [len(row["name"]) for row in report["rows"]])
+    header = f"{'backend':<{width}} {'prec':<6} {'device':<6} {'median':>9} {'p95':>9} {'mean':>9} {'min':>9} {'img/s':>8}"
     if compare:
         header += f" {'speedup':>8} {'agree(torch)':>12} {'vs fp32':>8} {'agree(fp32)':>11}"
     lines += ["", header + "  (latency in ms)", "-" * len(header)]
     for row in report["rows"]:
-        head = f"{row['name']:<13} {row['precision']:<6} {row['device']:<6}"
+        head = f"{row['name']:<{width}} {row['precision']:<6} {row['device']:<6}"
         if row["status"] == "skipped":
             lines.append(f"{head} skipped: {row['reason']}")
             continue
