@@ -484,3 +484,16 @@ def test_int8_with_bf16_float_ops_is_its_own_checked_artifact(tmp_path, capsys, 
     seg = Segmenter(art.manifest_path)  # auto: OpenVINO in bf16
     assert seg.runner.inference_precision() == "bf16"
     assert Segmenter(result["int8"].manifest_path, backend="openvino").runner.inference_precision() == "f32"
+
+
+@needs_openvino
+def test_int8_on_a_bf16_cpu_names_the_faster_form_in_one_note(tmp_path, monkeypatch):
+    from lrformer_deploy import cpus
+
+    monkeypatch.setattr(cpus, "bf16_missing", lambda: None)
+    (tmp_path / "a").mkdir()
+    notes = _int8_cpu(tmp_path / "a", monkeypatch, openvino=True).notes
+    assert len([n for n in notes if "--int8 --bf16" in n]) == 1
+    monkeypatch.setattr(cpus, "bf16_missing", lambda: "no bf16 instructions (test)")
+    (tmp_path / "b").mkdir()
+    assert not [n for n in _int8_cpu(tmp_path / "b", monkeypatch, openvino=True).notes if "--bf16" in n]

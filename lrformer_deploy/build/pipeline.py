@@ -63,6 +63,13 @@ def _load_model(req: BuildRequest, result: BuildResult):
     return build_model(req.variant, _random_weights_classes(req)), None
 
 
+def _bf16_runs_here() -> bool:
+    from lrformer_deploy import cpus
+    from lrformer_deploy.runtime.backends import openvino_missing
+
+    return cpus.bf16_missing() is None and openvino_missing() is None
+
+
 def _random_weights_classes(req: BuildRequest) -> int:
     """Classes of a random-weights model: --num-classes, else the named dataset's, else ADE20K's 150."""
     from lrformer_deploy.data.datasets import get_dataset
@@ -364,6 +371,10 @@ def build(req: BuildRequest) -> BuildResult:
             result.artifacts[precision] = _reduced(req, result, fp32, precision, steps)
         if int8_bf16:
             result.artifacts["int8-bf16"] = _bf16(req, fp32, steps, int8=result.artifacts["int8"])
+        elif req.target == "cpu" and "int8" in precisions and _bf16_runs_here():
+            note(req, result, "this CPU computes bf16: --int8 --bf16 also writes NAME-int8-bf16.json, the INT8 graph "
+                              "with its float ops in bf16 on OpenVINO (2.7x ONNX Runtime FP32 on LRFormer-T, where "
+                              "INT8 alone was 1.8x; docs/cpu.md), checked against FP32 as INT8 is")
         for art in [result.artifacts[p] for p in graphs] or [fp32]:
             if req.engine != "off":
                 engine_step(req, art, steps, fp32)
