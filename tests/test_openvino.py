@@ -484,6 +484,9 @@ def test_int8_with_bf16_float_ops_is_its_own_checked_artifact(tmp_path, capsys, 
     seg = Segmenter(art.manifest_path)  # auto: OpenVINO in bf16
     assert seg.runner.inference_precision() == "bf16"
     assert Segmenter(result["int8"].manifest_path, backend="openvino").runner.inference_precision() == "f32"
+    capsys.readouterr()
+    assert Segmenter(art.manifest_path, backend="onnxruntime").backend_name.startswith("onnxruntime")
+    assert "runs this INT8 graph's float ops in FP32" in capsys.readouterr().err
 
 
 @needs_openvino

@@ -264,7 +264,9 @@ class Segmenter:
         from lrformer_deploy.runtime.backends.ort import OnnxRuntimeRunner
 
         if precision == "bf16":
-            print(f"note: {onnx.name} is a bf16 artifact; ONNX Runtime runs its graph in FP32 "
+            int8 = ((spec.manifest or {}).get("precision_details") or {}).get("graph_precision") == "int8"
+            what = "this INT8 graph's float ops" if int8 else "its graph"
+            print(f"note: {onnx.name} is a bf16 artifact; ONNX Runtime runs {what} in FP32 "
                   "(bf16 runs on --backend openvino)", file=sys.stderr)
         ort_device = device if device not in (None, "auto") else "auto"
         return OnnxRuntimeRunner(onnx, device=ort_device, intra_op_threads=self._threads), spec
