@@ -481,7 +481,8 @@ def test_int8_with_bf16_float_ops_is_its_own_checked_artifact(tmp_path, capsys, 
     assert 0.0 <= acc["mask_agreement"] <= 1.0
     assert json.loads(result["bf16"].manifest_path.read_text())["artifacts"]["onnx"]["file"] == "toy-mask.onnx"
     capsys.readouterr()
-    seg = Segmenter(art.manifest_path)  # auto: OpenVINO in bf16
+    seg = Segmenter(art.manifest_path)  # auto: OpenVINO in bf16, and one line says so
+    assert "runs this int8 (bf16 float ops) artifact" in capsys.readouterr().err
     assert seg.runner.inference_precision() == "bf16"
     assert Segmenter(result["int8"].manifest_path, backend="openvino").runner.inference_precision() == "f32"
     capsys.readouterr()

@@ -71,6 +71,12 @@ def _x86() -> bool:
     return platform.machine().lower() in ("x86_64", "amd64", "i686", "x86")
 
 
+def _int8_graph(spec: ModelSpec | None) -> bool:
+    """A bf16 artifact made from the INT8 graph (--int8 --bf16's NAME-int8-bf16.json)."""
+    details = ((spec.manifest or {}) if spec is not None else {}).get("precision_details") or {}
+    return details.get("graph_precision") == "int8"
+
+
 def graph_precision(spec: ModelSpec | None) -> str:
     """The precision the manifest states (a graph without manifest is taken as FP32)."""
     return str((spec.manifest or {}).get("precision") or "fp32") if spec is not None else "fp32"
@@ -259,13 +265,16 @@ class Segmenter:
         verify_artifact(onnx, spec, "onnx")  # never run a graph its manifest does not vouch for
         precision = graph_precision(spec)
         why = self._auto_openvino(spec, precision, device) if backend == "auto" else None
+        if why:
+            label = "int8 (bf16 float ops)" if precision == "bf16" and _int8_graph(spec) else precision
+            print(f"note: backend auto: OpenVINO runs this {label} artifact ({why}; --backend onnxruntime to "
+                  "override)", file=sys.stderr)
         if backend == "openvino" or why:
-            return self._openvino_runner(onnx, precision, device, announce=why), spec
+            return self._openvino_runner(onnx, precision, device), spec
         from lrformer_deploy.runtime.backends.ort import OnnxRuntimeRunner
 
         if precision == "bf16":
-            int8 = ((spec.manifest or {}).get("precision_details") or {}).get("graph_precision") == "int8"
-            what = "this INT8 graph's float ops" if int8 else "its graph"
+            what = "this INT8 graph's float ops" if _int8_graph(spec) else "its graph"
             print(f"note: {onnx.name} is a bf16 artifact; ONNX Runtime runs {what} in FP32 "
                   "(bf16 runs on --backend openvino)", file=sys.stderr)
         ort_device = device if device not in (None, "auto") else "auto"
@@ -294,15 +303,12 @@ class Segmenter:
                 return None
         return why
 
-    def _openvino_runner(self, onnx: Path, precision: str, device: str | None, announce: str | None) -> Runner:
+    def _openvino_runner(self, onnx: Path, precision: str, device: str | None) -> Runner:
         from lrformer_deploy.runtime.backends.openvino import OpenVINORunner
 
         reason = openvino_missing()
         if reason:
             raise UserError(f"--backend openvino: {reason}")
-        if announce:
-            print(f"note: backend auto: OpenVINO runs this {precision} artifact ({announce}; "
-                  "--backend onnxruntime to override)", file=sys.stderr)
         return OpenVINORunner(onnx, device=device, precision=precision, threads=self._threads)
 
     def _trt_runner(self, engine: Path, spec: ModelSpec | None, device: str | None) -> Runner:
