@@ -237,7 +237,17 @@ def precision_manifest(fp32_manifest: dict, onnx_name: str, staged_onnx: Path, p
     return m
 
 
-def _bf16(req: BuildRequest, fp32: Artifact, steps: Steps, int8: Artifact | None = None) -> Artifact:
+def _min_agreement(req: BuildRequest, result: BuildResult, fp32: Artifact) -> float | None:
+    """--min-agreement as given; with random weights (no checkpoint) 0.0: reported, not enforced (said once)."""
+    if req.min_agreement is None and fp32.manifest is not None and not fp32.manifest["model"].get("checkpoint_sha256"):
+        if "random weights" not in " ".join(result.notes):
+            note(req, result, "random weights: reduced-precision agreement is reported, not enforced")
+        return 0.0
+    return req.min_agreement
+
+
+def _bf16(req: BuildRequest, result: BuildResult, fp32: Artifact, steps: Steps, int8: Artifact | None = None
+          ) -> Artifact:
     """NAME-bf16.json: a manifest naming the FP32 graph with precision bf16 (no second graph), after the same
     held-back accuracy check as FP16/INT8, run the way OpenVINO will run it. With `int8` (--int8 --bf16):
     NAME-int8-bf16.json, naming the INT8 graph, whose float ops OpenVINO then computes in bf16 (checked
@@ -253,9 +263,8 @@ def _bf16(req: BuildRequest, fp32: Artifact, steps: Steps, int8: Artifact | None
     graph = int8.onnx if int8 is not None else fp32.onnx
     stem = f"{fp32.onnx.stem}-int8-bf16" if int8 is not None else f"{fp32.onnx.stem}-bf16"
     manifest_path = fp32.onnx.with_name(f"{stem}.json")
-    min_agreement = req.min_agreement
-    if int8 is not None and min_agreement is None and not fp32.manifest["model"].get("checkpoint_sha256"):
-        min_agreement = 0.0  # random weights: reported, not enforced (as for the INT8 graph itself)
+    # The INT8 graph's rule for random weights; the FP32 graph in bf16 keeps its threshold as before.
+    min_agreement = _min_agreement(req, result, fp32) if int8 is not None else req.min_agreement
     t0 = time.perf_counter()
     with steps.step("INT8 + BF16 accuracy check (OpenVINO)" if int8 is not None else "BF16 accuracy check (OpenVINO)"):
         details = make_precision_graph(fp32.onnx, "bf16", calib=req.calib, calib_count=req.calib_count,
@@ -272,7 +281,7 @@ def _reduced(req: BuildRequest, result: BuildResult, fp32: Artifact, precision: 
     from lrformer_deploy import manifest as mf
 
     if precision == "bf16":
-        return _bf16(req, fp32, steps)
+        return _bf16(req, result, fp32, steps)
     from lrformer_deploy.contract import IMAGENET_MEAN, IMAGENET_STD
     from lrformer_deploy.precision.pipeline import graph_file_size, make_precision_graph, output_path
 
@@ -288,11 +297,7 @@ def _reduced(req: BuildRequest, result: BuildResult, fp32: Artifact, precision: 
             with steps.step(f"reused {precision.upper()} graph"):
                 return Artifact(precision, final, mf.manifest_path_for(final), m, reused=True)
 
-    min_agreement = req.min_agreement
-    if min_agreement is None and fp32.manifest is not None and not fp32.manifest["model"].get("checkpoint_sha256"):
-        if "random weights" not in " ".join(result.notes):
-            note(req, result, "random weights: reduced-precision agreement is reported, not enforced")
-        min_agreement = 0.0
+    min_agreement = _min_agreement(req, result, fp32)
     t0 = time.perf_counter()
     with steps.step(f"{precision.upper()} graph + accuracy check"), staging(out_dir, final.stem) as stage:
         calib = req.calib
@@ -370,7 +375,7 @@ def build(req: BuildRequest) -> BuildResult:
         for precision in precisions:
             result.artifacts[precision] = _reduced(req, result, fp32, precision, steps)
         if int8_bf16:
-            result.artifacts["int8-bf16"] = _bf16(req, fp32, steps, int8=result.artifacts["int8"])
+            result.artifacts["int8-bf16"] = _bf16(req, result, fp32, steps, int8=result.artifacts["int8"])
         elif req.target == "cpu" and "int8" in precisions and _bf16_runs_here():
             note(req, result, "this CPU computes bf16: --int8 --bf16 also writes NAME-int8-bf16.json, the INT8 graph "
                               "with its float ops in bf16 on OpenVINO (2.7x ONNX Runtime FP32 on LRFormer-T, where "
