@@ -56,6 +56,13 @@ def _constant(output) -> np.ndarray | None:
     return None
 
 
+def _is_transpose(node, perm: list[int]) -> bool:
+    if node.get_type_name() != "Transpose":
+        return False
+    order = _constant(node.input_value(1))
+    return order is not None and list(order) == perm
+
+
 def _only_user(output, kind: str):
     users = [i.get_node() for i in output.get_target_inputs()]
     return users[0] if len(users) == 1 and users[0].get_type_name() == kind else None
@@ -83,10 +90,8 @@ def channel_norms_to_nchw(model) -> int:
         if mvn.get_type_name() != "MVN":
             continue
         first = mvn.input_value(0).get_node()
-        if first.get_type_name() != "Transpose" or first.get_output_size() != 1:
-            continue
-        perm, axes = _constant(first.input_value(1)), _constant(mvn.input_value(1))
-        if perm is None or axes is None or list(perm) != [0, 2, 3, 1] or [int(a) % 4 for a in axes.ravel()] != [3]:
+        axes = _constant(mvn.input_value(1))
+        if not _is_transpose(first, [0, 2, 3, 1]) or axes is None or [int(a) % 4 for a in axes.ravel()] != [3]:
             continue
         if len(first.output(0).get_target_inputs()) != 1:
             continue
@@ -103,8 +108,7 @@ def channel_norms_to_nchw(model) -> int:
         if scale.size != c or shift.size != c:
             continue
         lasts = [i.get_node() for i in add.output(0).get_target_inputs()]
-        if not lasts or any(t.get_type_name() != "Transpose" or _constant(t.input_value(1)) is None
-                            or list(_constant(t.input_value(1))) != [0, 3, 1, 2] for t in lasts):
+        if not lasts or not all(_is_transpose(t, [0, 3, 1, 2]) for t in lasts):
             continue
         attrs = mvn.get_attributes()
         norm = ops.mvn(x, ops.constant(np.array([1], dtype=np.int64)), attrs["normalize_variance"], attrs["eps"],
